@@ -1,0 +1,102 @@
+// Activations and their derivatives, one definition for every backend.
+//
+// Gated activations take the pair (g, u) from interleaved columns (2j, 2j+1)
+// and produce one value; the others map each column alone. Compiled as host
+// code for the CPU reference (in float or double) and as device code for the
+// GPU epilogues, so that both compute the same function.
+#pragma once
+
+#include <cmath>
+
+#include <sonicmoe/types.hpp>
+
+#if defined(__CUDACC__)
+#define SMOE_HD __host__ __device__ __forceinline__
+#else
+#define SMOE_HD inline
+#endif
+
+namespace sonicmoe::act {
+
+template <class F>
+SMOE_HD F sigmoid(F x) {
+  return F(1) / (F(1) + std::exp(-x));
+}
+
+// GeLU, erf form (PyTorch's default nn.GELU()).
+template <class F>
+SMOE_HD F gelu(F x) {
+  return F(0.5) * x * (F(1) + std::erf(x * F(0.70710678118654752440)));
+}
+template <class F>
+SMOE_HD F gelu_grad(F x) {
+  const F cdf = F(0.5) * (F(1) + std::erf(x * F(0.70710678118654752440)));
+  const F pdf = F(0.39894228040143267794) * std::exp(F(-0.5) * x * x);
+  return cdf + x * pdf;
+}
+
+template <class F>
+SMOE_HD F silu(F x) {
+  return x * sigmoid(x);
+}
+template <class F>
+SMOE_HD F silu_grad(F x) {
+  const F s = sigmoid(x);
+  return s * (F(1) + x * (F(1) - s));
+}
+
+template <class F>
+SMOE_HD F relu(F x) {
+  return x > F(0) ? x : F(0);
+}
+template <class F>
+SMOE_HD F relu_grad(F x) {
+  return x > F(0) ? F(1) : F(0);
+}
+
+// The gate nonlinearity of a gated activation, or the activation itself.
+template <Activation A, class F>
+SMOE_HD F inner(F x) {
+  if constexpr (A == Activation::SwiGLU || A == Activation::SiLU) return silu(x);
+  if constexpr (A == Activation::GeGLU || A == Activation::GeLU) return gelu(x);
+  if constexpr (A == Activation::ReGLU || A == Activation::ReLU) return relu(x);
+  if constexpr (A == Activation::ReLU2) return relu(x) * relu(x);
+}
+template <Activation A, class F>
+SMOE_HD F inner_grad(F x) {
+  if constexpr (A == Activation::SwiGLU || A == Activation::SiLU) return silu_grad(x);
+  if constexpr (A == Activation::GeGLU || A == Activation::GeLU) return gelu_grad(x);
+  if constexpr (A == Activation::ReGLU || A == Activation::ReLU) return relu_grad(x);
+  if constexpr (A == Activation::ReLU2) return F(2) * relu(x);
+}
+
+// Gated: a = inner(g) * u.  Backward from da: dg = da * u * inner'(g),
+// du = da * inner(g).
+template <Activation A, class F>
+SMOE_HD F gated(F g, F u) {
+  return inner<A>(g) * u;
+}
+template <Activation A, class F>
+SMOE_HD void gated_grad(F g, F u, F da, F& dg, F& du) {
+  dg = da * u * inner_grad<A>(g);
+  du = da * inner<A>(g);
+}
+
+// Calls f.template operator()<A>() with A the run-time activation as a
+// compile-time constant: the one place where the enum becomes a template
+// parameter.
+template <class Fn>
+decltype(auto) dispatch(Activation a, Fn&& f) {
+  switch (a) {
+    case Activation::SwiGLU: return f.template operator()<Activation::SwiGLU>();
+    case Activation::GeGLU: return f.template operator()<Activation::GeGLU>();
+    case Activation::ReGLU: return f.template operator()<Activation::ReGLU>();
+    case Activation::GeLU: return f.template operator()<Activation::GeLU>();
+    case Activation::ReLU: return f.template operator()<Activation::ReLU>();
+    case Activation::ReLU2: return f.template operator()<Activation::ReLU2>();
+    case Activation::SiLU: return f.template operator()<Activation::SiLU>();
+  }
+  return f.template operator()<Activation::SwiGLU>();
+}
+
+}  // namespace sonicmoe::act
