@@ -70,18 +70,22 @@ void check_feature(Checker& c, const char* name, int64_t v) {
   c.require(v >= 8 && v % 8 == 0, name, "a positive multiple of 8", std::to_string(v));
 }
 
-// Scores: f32 with N elements, [N] or [T, K].
-void check_scores(Checker& c, const Tensor& s, const char* name, int64_t num_pairs) {
+// Scores: f32, [N] in pair order, or [T, K] with T*K == N (top-K routing).
+void check_scores(Checker& c, const Tensor& s, const char* name, int64_t num_tokens,
+                  int64_t num_pairs) {
   c.present(s, name);
   c.require(s.ndim == 1 || s.ndim == 2, name, "1 or 2 dimensions",
             std::to_string(s.ndim) + " dimensions");
-  if (s.ndim == 1) c.tensor(s, name, DType::F32, {num_pairs});
-  else {
-    c.require(s.shape[0] * s.shape[1] == num_pairs, name,
-              std::to_string(num_pairs) + " elements (one per routed pair)",
-              detail::shape_string(s.shape, 2));
-    c.tensor(s, name, DType::F32, {s.shape[0], s.shape[1]});
+  if (s.ndim == 1) {
+    c.tensor(s, name, DType::F32, {num_pairs});
+    return;
   }
+  const int64_t k = num_pairs / num_tokens;
+  c.require(k * num_tokens == num_pairs, name,
+            "shape [" + std::to_string(num_pairs) + "] (" + std::to_string(num_pairs) +
+                " pairs are not K per token for " + std::to_string(num_tokens) + " tokens)",
+            detail::shape_string(s.shape, 2));
+  c.tensor(s, name, DType::F32, {num_tokens, k});
 }
 
 struct Sizes {
@@ -144,7 +148,7 @@ void router_forward(const RouterArgs& a, Stream stream) {
   c.tensor(a.logits, "logits", a.logits.dtype, {T, E});
   c.tensor(a.scores, "scores", DType::F32, {T, a.k});
   c.tensor(a.expert_ids, "expert_ids", DType::I32, {T, a.k});
-  detail::backend_for(c.device()).router_forward(a, stream);
+  detail::backend_for(c.device(), c.call()).router_forward(a, stream);
 }
 
 void router_backward(const RouterBackwardArgs& a, Stream stream) {
@@ -162,7 +166,7 @@ void router_backward(const RouterBackwardArgs& a, Stream stream) {
   c.tensor(a.expert_ids, "expert_ids", DType::I32, {T, K});
   c.tensor(a.dscores, "dscores", DType::F32, {T, K});
   c.tensor(a.dlogits, "dlogits", a.logits.dtype, {T, E});
-  detail::backend_for(c.device()).router_backward(a, stream);
+  detail::backend_for(c.device(), c.call()).router_backward(a, stream);
 }
 
 // --------------------------------------------------------------- routing --
@@ -173,7 +177,7 @@ size_t routing_workspace_size(Device device, int64_t num_tokens, int64_t num_exp
   check_count(c, "num_tokens", num_tokens, 1, kMaxIndex - 1);
   check_count(c, "num_experts", num_experts, 1, kMaxIndex - 1);
   check_count(c, "num_pairs", num_pairs, 0, kMaxIndex);
-  return detail::backend_for(device).routing_workspace_size(num_tokens, num_experts, num_pairs);
+  return detail::backend_for(device, c.call()).routing_workspace_size(num_tokens, num_experts, num_pairs);
 }
 
 void routing_from_topk(const Tensor& expert_ids, int64_t num_experts, const Routing& out,
@@ -188,7 +192,7 @@ void routing_from_topk(const Tensor& expert_ids, int64_t num_experts, const Rout
             std::to_string(T * K) + " pairs");
   c.tensor(expert_ids, "expert_ids", DType::I32, {T, K});
   c.routing(out, T, num_experts, T * K);
-  auto& b = detail::backend_for(c.device());
+  auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(ws, b.routing_workspace_size(T, num_experts, T * K));
   b.routing_from_topk(expert_ids, num_experts, out, ws, stream);
 }
@@ -204,7 +208,7 @@ void routing_from_pairs(const Tensor& token_ids, const Tensor& expert_ids, int64
   c.tensor(token_ids, "token_ids", DType::I32, {N});
   c.tensor(expert_ids, "expert_ids", DType::I32, {N});
   c.routing(out, num_tokens, num_experts, N);
-  auto& b = detail::backend_for(c.device());
+  auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(ws, b.routing_workspace_size(num_tokens, num_experts, N));
   b.routing_from_pairs(token_ids, expert_ids, num_tokens, num_experts, out, ws, stream);
 }
@@ -216,13 +220,13 @@ size_t moe_forward_workspace_size(Device device, const MoeProblem& p, ForwardMod
   check_problem(c, p);
   const auto m = static_cast<int>(mode);
   c.require(m == 0 || m == 1, "mode", "0 (training) or 1 (inference)", std::to_string(m));
-  return detail::backend_for(device).forward_workspace_size(p, mode);
+  return detail::backend_for(device, c.call()).forward_workspace_size(p, mode);
 }
 
 size_t moe_backward_workspace_size(Device device, const MoeProblem& p) {
   Checker c("moe_backward_workspace_size");
   check_problem(c, p);
-  return detail::backend_for(device).backward_workspace_size(p);
+  return detail::backend_for(device, c.call()).backward_workspace_size(p);
 }
 
 void moe_forward(const MoeForwardArgs& a, Stream stream) {
@@ -230,14 +234,14 @@ void moe_forward(const MoeForwardArgs& a, Stream stream) {
   const Sizes s = layer_sizes(c, a.x, a.w1, a.w2, a.routing, a.activation);
   c.optional(a.b1, "b1", DType::BF16, {s.E, s.R});
   c.optional(a.b2, "b2", DType::BF16, {s.E, s.d});
-  check_scores(c, a.scores, "scores", s.N);
+  check_scores(c, a.scores, "scores", s.T, s.N);
   c.tensor(a.out, "out", DType::BF16, {s.T, s.d});
   const auto m = static_cast<int>(a.mode);
   c.require(m == 0 || m == 1, "mode", "0 (training) or 1 (inference)", std::to_string(m));
   if (a.mode == ForwardMode::Training) c.tensor(a.h, "h", DType::BF16, {s.N, s.R});
   else c.absent(a.h, "h", "in inference mode (nothing is kept for backward)");
   const MoeProblem p = problem_of(s, a.activation);
-  auto& b = detail::backend_for(c.device());
+  auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(a.workspace, b.forward_workspace_size(p, a.mode));
   b.moe_forward(a, p, stream);
 }
@@ -247,7 +251,7 @@ void moe_backward(const MoeBackwardArgs& a, Stream stream) {
   const Sizes s = layer_sizes(c, a.x, a.w1, a.w2, a.routing, a.activation);
   c.optional(a.b1, "b1", DType::BF16, {s.E, s.R});
   c.optional(a.b2, "b2", DType::BF16, {s.E, s.d});
-  check_scores(c, a.scores, "scores", s.N);
+  check_scores(c, a.scores, "scores", s.T, s.N);
   c.tensor(a.h, "h", DType::BF16, {s.N, s.R});
   c.tensor(a.dout, "dout", DType::BF16, {s.T, s.d});
   c.tensor(a.dx, "dx", DType::BF16, {s.T, s.d});
@@ -261,7 +265,7 @@ void moe_backward(const MoeBackwardArgs& a, Stream stream) {
   if (a.scores.ndim == 1) c.tensor(a.dscores, "dscores", DType::F32, {s.N});
   else c.tensor(a.dscores, "dscores", DType::F32, {a.scores.shape[0], a.scores.shape[1]});
   const MoeProblem p = problem_of(s, a.activation);
-  auto& b = detail::backend_for(c.device());
+  auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(a.workspace, b.backward_workspace_size(p));
   b.moe_backward(a, p, stream);
 }
@@ -278,8 +282,11 @@ void permute_gate_up(const char* call, const Tensor& src, const Tensor& dst, int
             std::to_string(src.ndim) + " dimensions");
   c.require(src.dtype == DType::BF16 || src.dtype == DType::F32, "src", "dtype bf16 or f32",
             to_string(src.dtype));
+  c.require(src.shape[0] >= 1, "src", "shape[0] (experts) >= 1", std::to_string(src.shape[0]));
   c.require(src.shape[1] % 2 == 0 && src.shape[1] > 0, "src",
             "an even, positive shape[1] (2n rows: gate then up)", std::to_string(src.shape[1]));
+  if (src.ndim == 3)
+    c.require(src.shape[2] >= 1, "src", "shape[2] (hidden size) >= 1", std::to_string(src.shape[2]));
   if (src.ndim == 2) {
     c.tensor(src, "src", src.dtype, {src.shape[0], src.shape[1]});
     c.tensor(dst, "dst", src.dtype, {src.shape[0], src.shape[1]});
@@ -291,7 +298,7 @@ void permute_gate_up(const char* call, const Tensor& src, const Tensor& dst, int
   const auto s0 = reinterpret_cast<uintptr_t>(src.data), d0 = reinterpret_cast<uintptr_t>(dst.data);
   c.require(bytes == 0 || s0 + bytes <= d0 || d0 + bytes <= s0, "dst",
             "memory that does not overlap src", "an overlapping range");
-  detail::backend_for(c.device()).permute_gate_up(src, dst, direction, stream);
+  detail::backend_for(c.device(), c.call()).permute_gate_up(src, dst, direction, stream);
 }
 
 }  // namespace

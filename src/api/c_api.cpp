@@ -67,12 +67,14 @@ smoe_status_t guarded(F&& f) {
   }
 }
 
-// Null struct pointers are bad arguments, not crashes.
+// Null struct pointers are bad arguments, not crashes. Each entry point
+// names itself in kCall.
 #define SMOE_REQUIRE_PTR(p)                                                                   \
   do {                                                                                        \
     if ((p) == nullptr)                                                                       \
       throw Error(Status::InvalidArgument,                                                    \
-                  std::string("sonicmoe: argument '") + #p + "': expected a pointer, got NULL"); \
+                  std::string("sonicmoe::") + kCall + ": argument '" + #p +                      \
+                      "': expected a pointer, got NULL");                                    \
   } while (0)
 
 }  // namespace
@@ -85,6 +87,7 @@ extern "C" {
 smoe_status_t smoe_router_forward(const smoe_tensor_t* logits, int64_t k, int32_t order,
                                   int32_t renormalize, const smoe_tensor_t* scores,
                                   const smoe_tensor_t* expert_ids, void* stream) {
+  constexpr const char* kCall = "router_forward";
   return guarded([&] {
     SMOE_REQUIRE_PTR(logits);
     SMOE_REQUIRE_PTR(scores);
@@ -99,6 +102,7 @@ smoe_status_t smoe_router_backward(const smoe_tensor_t* logits, const smoe_tenso
                                    const smoe_tensor_t* dscores, int32_t order,
                                    int32_t renormalize, const smoe_tensor_t* dlogits,
                                    void* stream) {
+  constexpr const char* kCall = "router_backward";
   return guarded([&] {
     SMOE_REQUIRE_PTR(logits);
     SMOE_REQUIRE_PTR(expert_ids);
@@ -114,6 +118,7 @@ smoe_status_t smoe_router_backward(const smoe_tensor_t* logits, const smoe_tenso
 smoe_status_t smoe_routing_workspace_size(int32_t device_type, int32_t device_index,
                                           int64_t num_tokens, int64_t num_experts,
                                           int64_t num_pairs, size_t* bytes) {
+  constexpr const char* kCall = "routing_workspace_size";
   return guarded([&] {
     SMOE_REQUIRE_PTR(bytes);
     *bytes = routing_workspace_size(device_of(device_type, device_index), num_tokens,
@@ -124,6 +129,7 @@ smoe_status_t smoe_routing_workspace_size(int32_t device_type, int32_t device_in
 smoe_status_t smoe_routing_from_topk(const smoe_tensor_t* expert_ids, int64_t num_experts,
                                      const smoe_routing_t* out, smoe_workspace_t workspace,
                                      void* stream) {
+  constexpr const char* kCall = "routing_from_topk";
   return guarded([&] {
     SMOE_REQUIRE_PTR(expert_ids);
     SMOE_REQUIRE_PTR(out);
@@ -135,6 +141,7 @@ smoe_status_t smoe_routing_from_pairs(const smoe_tensor_t* token_ids,
                                       const smoe_tensor_t* expert_ids, int64_t num_tokens,
                                       int64_t num_experts, const smoe_routing_t* out,
                                       smoe_workspace_t workspace, void* stream) {
+  constexpr const char* kCall = "routing_from_pairs";
   return guarded([&] {
     SMOE_REQUIRE_PTR(token_ids);
     SMOE_REQUIRE_PTR(expert_ids);
@@ -147,6 +154,7 @@ smoe_status_t smoe_routing_from_pairs(const smoe_tensor_t* token_ids,
 smoe_status_t smoe_moe_forward_workspace_size(int32_t device_type, int32_t device_index,
                                               const smoe_problem_t* problem, int32_t mode,
                                               size_t* bytes) {
+  constexpr const char* kCall = "moe_forward_workspace_size";
   return guarded([&] {
     SMOE_REQUIRE_PTR(problem);
     SMOE_REQUIRE_PTR(bytes);
@@ -156,6 +164,7 @@ smoe_status_t smoe_moe_forward_workspace_size(int32_t device_type, int32_t devic
 }
 
 smoe_status_t smoe_moe_forward(const smoe_forward_args_t* args, void* stream) {
+  constexpr const char* kCall = "moe_forward";
   return guarded([&] {
     SMOE_REQUIRE_PTR(args);
     MoeForwardArgs a;
@@ -177,6 +186,7 @@ smoe_status_t smoe_moe_forward(const smoe_forward_args_t* args, void* stream) {
 
 smoe_status_t smoe_moe_backward_workspace_size(int32_t device_type, int32_t device_index,
                                                const smoe_problem_t* problem, size_t* bytes) {
+  constexpr const char* kCall = "moe_backward_workspace_size";
   return guarded([&] {
     SMOE_REQUIRE_PTR(problem);
     SMOE_REQUIRE_PTR(bytes);
@@ -185,6 +195,7 @@ smoe_status_t smoe_moe_backward_workspace_size(int32_t device_type, int32_t devi
 }
 
 smoe_status_t smoe_moe_backward(const smoe_backward_args_t* args, void* stream) {
+  constexpr const char* kCall = "moe_backward";
   return guarded([&] {
     SMOE_REQUIRE_PTR(args);
     MoeBackwardArgs a;
@@ -211,6 +222,7 @@ smoe_status_t smoe_moe_backward(const smoe_backward_args_t* args, void* stream) 
 
 smoe_status_t smoe_interleave_gate_up(const smoe_tensor_t* src, const smoe_tensor_t* dst,
                                       void* stream) {
+  constexpr const char* kCall = "interleave_gate_up";
   return guarded([&] {
     SMOE_REQUIRE_PTR(src);
     SMOE_REQUIRE_PTR(dst);
@@ -220,6 +232,7 @@ smoe_status_t smoe_interleave_gate_up(const smoe_tensor_t* src, const smoe_tenso
 
 smoe_status_t smoe_deinterleave_gate_up(const smoe_tensor_t* src, const smoe_tensor_t* dst,
                                         void* stream) {
+  constexpr const char* kCall = "deinterleave_gate_up";
   return guarded([&] {
     SMOE_REQUIRE_PTR(src);
     SMOE_REQUIRE_PTR(dst);

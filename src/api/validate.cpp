@@ -27,8 +27,18 @@ std::string shape_string(std::initializer_list<int64_t> shape) {
 }
 
 std::string device_string(Device d) {
-  return d.type == DeviceType::CPU ? std::string("cpu") : "cuda:" + std::to_string(d.index);
+  return (d.type == DeviceType::CPU ? std::string("cpu:") : std::string("cuda:")) +
+         std::to_string(d.index);
 }
+
+namespace {
+
+std::string dtype_string(DType t) {
+  const int v = static_cast<int>(t);
+  return v >= 0 && v <= 2 ? std::string(to_string(t)) : std::to_string(v);
+}
+
+}  // namespace
 
 void Checker::fail(Status status, const std::string& what) const {
   throw Error(status, std::string("sonicmoe::") + call_ + ": " + what);
@@ -68,13 +78,16 @@ void Checker::rank(const Tensor& t, const char* name, int ndim) {
 void Checker::tensor(const Tensor& t, const char* name, DType dtype,
                      std::initializer_list<int64_t> shape) {
   present(t, name);
+  for (int64_t s : shape)
+    require(s >= 0, name, "non-negative sizes",
+            t.ndim >= 0 && t.ndim <= kMaxDims ? shape_string(t.shape, t.ndim) : "a negative size");
   const int ndim = static_cast<int>(shape.size());
   require(t.ndim == ndim && std::equal(shape.begin(), shape.end(), t.shape), name,
           "shape " + shape_string(shape),
           t.ndim < 0 || t.ndim > kMaxDims ? "ndim " + std::to_string(t.ndim)
                                            : shape_string(t.shape, t.ndim));
   require(t.dtype == dtype, name, std::string("dtype ") + to_string(dtype),
-          std::string("dtype ") + to_string(t.dtype));
+          "dtype " + dtype_string(t.dtype));
   int64_t stride = 1;
   for (int d = ndim - 1; d >= 0; --d) {
     if (t.shape[d] != 1)

@@ -40,9 +40,10 @@ class Backend {
                                Stream stream) = 0;
 };
 
-// The backend serving `device`; throws Error(Unsupported) when the build or
-// the machine has none for it.
-Backend& backend_for(Device device);
+// The backend serving `device` for the call named `call`; throws
+// Error(InvalidArgument) for an unknown device type or index and
+// Error(Unsupported) when the machine has no device of that type.
+Backend& backend_for(Device device, const char* call);
 
 Backend& cpu_backend();
 // nullptr when the build has no GPU backend.

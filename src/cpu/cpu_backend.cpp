@@ -56,6 +56,14 @@ void check_routing(const char* call, const Routing& r, int64_t T, int64_t E, int
   check_range(call, "routing.sorted_token", ptr<int32_t>(r.sorted_token), N, 0, T);
   check_range(call, "routing.sorted_pair", ptr<int32_t>(r.sorted_pair), N, 0, N);
   check_range(call, "routing.pair_position", ptr<int32_t>(r.pair_position), N, 0, N);
+  // Each pair is written by the one position that owns it: without this, a
+  // non-permutation would let two threads write the same dscores entry.
+  const auto* sorted_pair = ptr<const int32_t>(r.sorted_pair);
+  const auto* pair_position = ptr<const int32_t>(r.pair_position);
+  for (int64_t p = 0; p < N; ++p)
+    if (pair_position[sorted_pair[p]] != p)
+      bad_value(call, "routing.pair_position", sorted_pair[p], pair_position[sorted_pair[p]],
+                "the inverse of routing.sorted_pair (" + std::to_string(p) + ")");
 }
 
 // Counting sort of pairs by expert, stable in pair order. token_offsets must
