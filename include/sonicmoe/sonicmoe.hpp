@@ -129,8 +129,8 @@ void moe_backward(const MoeBackwardArgs& args, Stream stream = nullptr);
 void interleave_gate_up(const Tensor& src, const Tensor& dst, Stream stream = nullptr);
 void deinterleave_gate_up(const Tensor& src, const Tensor& dst, Stream stream = nullptr);
 
-// Number of CUDA devices this build can use (0 without a GPU or without a
-// GPU backend in the build); never throws.
+// Number of CUDA devices visible to the library (0 on a machine without a
+// GPU); never throws.
 int cuda_device_count();
 
 const char* version();

@@ -1,6 +1,4 @@
-// Device discovery and the GPU backend's entry in the registry. The GPU
-// backend itself (routing kernels, grouped-GEMM engines, layer orchestration)
-// lands here; until it does, CUDA tensors are reported as unsupported.
+// Device discovery for the registry and the bench.
 #include <cuda_runtime_api.h>
 
 #include "backend/backend.hpp"
@@ -15,7 +13,5 @@ int cuda_device_count_impl() {
   }
   return count;
 }
-
-Backend* cuda_backend() { return nullptr; }
 
 }  // namespace sonicmoe::detail
