@@ -1,0 +1,195 @@
+// Epilogue policies of the six products, shared by every engine.
+//
+// An epilogue sees the fp32 accumulator of one tile through a fragment view
+// F that its engine provides:
+//   F::kSlots            row slots per thread; f.slot_row(s) its tile row
+//   f.for_each_pair(fn)  fn(slot, row, col, v0, v1) for each column pair the
+//                        thread owns (col even): gated activations see
+//                        (gate, up) together
+//   F::kColGroups        thread groups holding different columns of one row;
+//                        f.col_group() this thread's (row reductions combine
+//                        groups in this fixed order)
+//   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
+//                        over exactly them
+// Rows past the tile's valid rows and columns past N are never written.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "arch/sm80.cuh"
+#include "common/activation.hpp"
+#include "gemm/common/operand.cuh"
+#include "gemm/common/scheduler.cuh"
+
+namespace sonicmoe::gemm {
+
+template <class E>
+concept EpiloguePolicy = requires {
+  typename E::Params;
+  { E::template smem_bytes<128>() } -> std::convertible_to<int>;
+};
+
+// out[row][col] = acc (+ bias[col]) as bf16. Grouping::M: row = position
+// (Y, dX~). Grouping::K: row = M index of expert e's matrix (dW1, dW2).
+struct StoreEpilogue {
+  struct Params {
+    bf16_t* out;
+    int64_t ld;
+    int64_t expert_stride;  // Grouping::K: M * N; Grouping::M: 0
+    const bf16_t* bias;     // [E][N] or null
+  };
+  template <int kBM>
+  static constexpr int smem_bytes() {
+    return 0;
+  }
+
+  template <int kBM, int kBN, class F>
+  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
+    bf16_t* out = p.out + t.expert * p.expert_stride;
+    const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
+    f.for_each_pair([&](int, int r, int c, float v0, float v1) {
+      const int64_t col = t.n0 + c;
+      if (r >= t.rows || col >= s.N) return;
+      if (bias) {
+        const float2 b = arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(bias + col));
+        v0 += b.x;
+        v1 += b.y;
+      }
+      *reinterpret_cast<uint32_t*>(out + (t.m0 + r) * p.ld + col) = arch::pack_bf16x2(v0, v1);
+    });
+  }
+};
+
+// Up-projection: H = acc + b1 (kept for backward in training mode) and
+// A = act(H) (temporary). Gated: the pair (col, col+1) is (gate_j, up_j)
+// with j = col / 2. A is computed from the fp32 values, H rounded to bf16.
+template <Activation Act>
+struct UpProjEpilogue {
+  struct Params {
+    bf16_t* h;           // [N][R] or null (inference)
+    bf16_t* a;           // [N][n]
+    const bf16_t* bias;  // [E][R] or null
+    int64_t n;           // intermediate size
+  };
+  template <int kBM>
+  static constexpr int smem_bytes() {
+    return 0;
+  }
+
+  template <int kBM, int kBN, class F>
+  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
+    const int64_t R = s.N;
+    const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
+    f.for_each_pair([&](int, int r, int c, float v0, float v1) {
+      const int64_t col = t.n0 + c;
+      if (r >= t.rows || col >= R) return;
+      if (bias) {
+        const float2 b = arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(bias + col));
+        v0 += b.x;
+        v1 += b.y;
+      }
+      const int64_t row = t.m0 + r;
+      if (p.h) *reinterpret_cast<uint32_t*>(p.h + row * R + col) = arch::pack_bf16x2(v0, v1);
+      if constexpr (is_gated(Act)) {
+        p.a[row * p.n + col / 2] = __float2bfloat16_rn(act::gated<Act>(v0, v1));
+      } else {
+        *reinterpret_cast<uint32_t*>(p.a + row * p.n + col) =
+            arch::pack_bf16x2(act::inner<Act>(v0), act::inner<Act>(v1));
+      }
+    });
+  }
+};
+
+// The dH kernel's epilogue. The accumulator is dA' = dO[t] W2_e for columns
+// j of the intermediate size. With A recomputed from the saved H:
+//   dS partial = sum_j dA'_j A_j  (this tile's columns; reduced later)
+//   dA = s dA';  dH = act'(H) (.) dA;  A' = s A
+// dS partials are combined across column groups in shared memory in a fixed
+// order (bitwise reproducible), one value per (row, N tile).
+template <Activation Act>
+struct DHEpilogue {
+  struct Params {
+    const bf16_t* h;             // [N][R]
+    const float* scores;         // [N pairs], pair order
+    const int32_t* sorted_pair;  // position -> pair
+    bf16_t* dh;                  // [N][R]
+    bf16_t* ap;                  // [N][n]: s * A
+    float* ds_part;              // [N][n_tiles]
+  };
+  static constexpr int kMaxColGroups = 4;
+  template <int kBM>
+  static constexpr int smem_bytes() {
+    return kBM * (kMaxColGroups + 1) * static_cast<int>(sizeof(float));
+  }
+
+  template <int kBM, int kBN, class F>
+  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f,
+                               char* smem) {
+    static_assert(F::kColGroups <= kMaxColGroups);
+    const int64_t n = s.N;
+    constexpr int64_t kCols = is_gated(Act) ? 2 : 1;  // H columns per A column
+    const int64_t R = kCols * n;
+    float* part = reinterpret_cast<float*>(smem);  // [kBM][kColGroups]
+    float* score = part + kBM * F::kColGroups;     // [kBM], staged once per tile
+    for (int r = f.thread(); r < kBM; r += F::kThreads) {
+      // Clamped: corrupt metadata must not read out of bounds.
+      const int32_t pair = r < t.rows ? __ldg(p.sorted_pair + t.m0 + r) : 0;
+      score[r] = __ldg(p.scores + min(max(pair, 0), static_cast<int32_t>(s.positions - 1)));
+    }
+    f.sync();
+
+    float ds[F::kSlots] = {};
+    f.for_each_pair([&](int slot, int r, int c, float d0, float d1) {
+      const int64_t col = t.n0 + c;
+      if (r >= t.rows || col >= n) return;
+      const int64_t row = t.m0 + r;
+      const float sc = score[r];
+      if constexpr (is_gated(Act)) {
+        // H columns 2j .. 2j+3: (g_j, u_j, g_{j+1}, u_{j+1}).
+        const uint2 hv = *reinterpret_cast<const uint2*>(p.h + row * R + 2 * col);
+        const float2 gu0 = arch::unpack_bf16x2(hv.x), gu1 = arch::unpack_bf16x2(hv.y);
+        const float a0 = act::gated<Act>(gu0.x, gu0.y), a1 = act::gated<Act>(gu1.x, gu1.y);
+        ds[slot] += d0 * a0 + d1 * a1;
+        float dg0, du0, dg1, du1;
+        act::gated_grad<Act>(gu0.x, gu0.y, sc * d0, dg0, du0);
+        act::gated_grad<Act>(gu1.x, gu1.y, sc * d1, dg1, du1);
+        uint2 out;
+        out.x = arch::pack_bf16x2(dg0, du0);
+        out.y = arch::pack_bf16x2(dg1, du1);
+        *reinterpret_cast<uint2*>(p.dh + row * R + 2 * col) = out;
+        *reinterpret_cast<uint32_t*>(p.ap + row * n + col) = arch::pack_bf16x2(sc * a0, sc * a1);
+      } else {
+        const float2 hv =
+            arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(p.h + row * R + col));
+        const float a0 = act::inner<Act>(hv.x), a1 = act::inner<Act>(hv.y);
+        ds[slot] += d0 * a0 + d1 * a1;
+        *reinterpret_cast<uint32_t*>(p.dh + row * R + col) =
+            arch::pack_bf16x2(sc * d0 * act::inner_grad<Act>(hv.x),
+                              sc * d1 * act::inner_grad<Act>(hv.y));
+        *reinterpret_cast<uint32_t*>(p.ap + row * n + col) = arch::pack_bf16x2(sc * a0, sc * a1);
+      }
+    });
+
+    // The 4 lanes of a quad share a row: reduce them, then the column groups.
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int slot = 0; slot < F::kSlots; ++slot) {
+      float v = ds[slot];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      if ((lane & 3) == 0) part[f.slot_row(slot) * F::kColGroups + f.col_group()] = v;
+    }
+    f.sync();
+    for (int r = f.thread(); r < t.rows && r < kBM; r += F::kThreads) {
+      float v = part[r * F::kColGroups];
+#pragma unroll
+      for (int g = 1; g < F::kColGroups; ++g) v += part[r * F::kColGroups + g];
+      p.ds_part[(t.m0 + r) * s.n_tiles + t.n0 / kBN] = v;
+    }
+  }
+};
+
+}  // namespace sonicmoe::gemm

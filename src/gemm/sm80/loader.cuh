@@ -1,0 +1,111 @@
+// Operand loaders: global -> shared with cp.async, 16 bytes per copy, into the
+// swizzled tiles of tile.cuh. Rows may be gathered through an index array
+// (X or dO rows by token): the permuted copy of the operand never exists.
+// Anything past the operand's edge is zero-filled without being read, so no
+// tile ever needs padding in global memory.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+
+#include "arch/sm80.cuh"
+#include "gemm/common/operand.cuh"
+#include "gemm/sm80/tile.cuh"
+
+namespace sonicmoe::gemm::sm80 {
+
+// K-major tile: 128 rows (M or N) x 64 k. The rows are fixed for the whole
+// K loop. Thread t copies chunk t % 8 of rows t / 8 + 32 i. Gathered rows
+// keep 4 resolved row pointers; contiguous rows need only the first and a
+// stride (registers are what the mainloop is short of).
+template <bool kGather>
+class KMajorLoader {
+ public:
+  // Rows first_row .. first_row + rows - 1 of the stored matrix; columns
+  // (k) are valid below k_extent.
+  __device__ void init(const Operand& op, int expert, int64_t first_row, int rows,
+                       int64_t k_extent) {
+    const int t = threadIdx.x;
+    chunk_ = t & 7;
+    k_extent_ = k_extent;
+    rows_ = rows;
+    if constexpr (kGather) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = (t >> 3) + 32 * i;
+        row_[i] = r < rows ? operand_row(op, expert, first_row + r) : op.ptr;
+      }
+    } else {
+      row_[0] = op.ptr + expert * op.expert_stride + (first_row + (t >> 3)) * op.ld;
+      stride_ = 32 * op.ld;
+    }
+  }
+
+  __device__ void load(uint32_t smem, int64_t k0) const {
+    const int64_t col = k0 + chunk_ * 8;
+    const bool col_ok = col < k_extent_;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = (threadIdx.x >> 3) + 32 * i;
+      const bool ok = r < rows_ && col_ok;
+      const bf16_t* row = kGather ? row_[i] : row_[0] + i * stride_;
+      // With a source size of 0 nothing is read: the address only has to exist.
+      arch::cp_async_16(smem + swz(r, chunk_), ok ? row + col : row_[0], ok ? 16u : 0u);
+    }
+  }
+
+ private:
+  const bf16_t* row_[kGather ? 4 : 1];
+  int64_t stride_ = 0;
+  int chunk_, rows_;
+  int64_t k_extent_;
+};
+
+// MN-major tile: 64 k-rows x 128 columns (M or N). The rows are k indices,
+// new every K step, so gathers are resolved per load. Thread t copies chunk
+// t % 16 of rows t / 16 + 16 i.
+class MNMajorLoader {
+ public:
+  // k-row j of the tile is stored row first_row + k0 + j, valid while
+  // k0 + j < k_rows; columns col0 .. are valid below col_extent.
+  __device__ void init(const Operand& op, int expert, int64_t first_row, int64_t k_rows,
+                       int64_t col0, int64_t col_extent) {
+    const int64_t col = col0 + (threadIdx.x & 15) * 8;
+    col_ok_ = col < col_extent;
+    // Fold everything fixed for the tile into one base pointer: the loader
+    // lives across the K loop, and registers are what the mainloop is short of.
+    base_ = op.ptr + expert * op.expert_stride + col;
+    ld_ = op.ld;
+    gather_ = op.gather ? op.gather + first_row : nullptr;
+    if (!op.gather) base_ += first_row * op.ld;
+    max_row_ = static_cast<int>(op.rows - 1);
+    k_rows_ = static_cast<int>(k_rows);
+  }
+
+  __device__ void load(uint32_t smem, int64_t k0) const {
+    const int c = threadIdx.x & 15;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int kr = static_cast<int>(k0) + (threadIdx.x >> 4) + 16 * i;
+      const bool ok = col_ok_ && kr < k_rows_;
+      int64_t row = kr;
+      if (gather_ && ok) row = min(max(__ldg(gather_ + kr), 0), max_row_);
+      // With a source size of 0 nothing is read: base_ only has to be an address.
+      arch::cp_async_16(mn_addr(smem, kr - static_cast<int>(k0), c * 8),
+                        ok ? base_ + row * ld_ : base_, ok ? 16u : 0u);
+    }
+  }
+
+ private:
+  const bf16_t* base_;
+  int64_t ld_;
+  const int32_t* gather_;
+  int max_row_, k_rows_;
+  bool col_ok_;
+};
+
+template <Major M, bool kGather>
+using LoaderFor = std::conditional_t<M == Major::K, KMajorLoader<kGather>, MNMajorLoader>;
+
+}  // namespace sonicmoe::gemm::sm80

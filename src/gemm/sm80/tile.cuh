@@ -1,0 +1,67 @@
+// Shared-memory tiles of the portable engine and the fragment loads that read
+// them for mma.sync.
+//
+// Every operand tile is stored as blocks of [rows][64] bf16: 128-byte rows
+// whose 16-byte chunk c sits at chunk c ^ (row % 8). An 8x8 ldmatrix read
+// (8 rows, one chunk column) then touches 8 distinct bank groups: no
+// conflicts, for K-major reads and for transposed (MN-major) reads alike.
+// It is also the 128-byte swizzle of Hopper's TMA/wgmma, so the Hopper
+// engine can share the loaders' gathered-row path.
+//
+//   K-major operand  (A: [M][K], B: [N][K]):  one block of 128 rows x 64 k.
+//   MN-major operand (A: [K][M], B: [K][N]):  two blocks of 64 k-rows x 64.
+// Either way a stage of one operand is 16 KiB.
+#pragma once
+
+#include <cstdint>
+
+#include "arch/sm80.cuh"
+#include "gemm/common/operand.cuh"
+
+namespace sonicmoe::gemm::sm80 {
+
+inline constexpr int kBM = 128, kBN = 128, kBK = 64;
+inline constexpr int kThreads = 256;  // 8 warps: 2 along M x 4 along N
+inline constexpr int kWarpM = 64, kWarpN = 32;
+inline constexpr int kOperandBytes = 128 * 64 * 2;  // one operand, one stage
+
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// Address of element (row r, col c) of a 128-column MN-major tile split into
+// two 64-column blocks of 64 rows.
+__device__ __forceinline__ uint32_t mn_addr(uint32_t base, int krow, int col) {
+  return base + (col >> 6) * (64 * 128) + swz(krow, (col & 63) >> 3);
+}
+
+// A fragment (16 x 16 at rows m_off, k-step kk) for mma.m16n8k16.
+template <Major M>
+__device__ __forceinline__ void load_a_frag(uint32_t (&a)[4], uint32_t base, int m_off, int kk,
+                                            int lane) {
+  if constexpr (M == Major::K) {
+    const int row = m_off + (lane & 15);
+    arch::ldmatrix_x4(a, base + swz(row, kk * 2 + (lane >> 4)));
+  } else {
+    const int q = lane >> 3, r = lane & 7;
+    const int krow = kk * 16 + (q >> 1) * 8 + r;
+    arch::ldmatrix_x4_trans(a, mn_addr(base, krow, m_off + (q & 1) * 8));
+  }
+}
+
+// B fragments of two adjacent n8 tiles (n_off, n_off + 8) at k-step kk:
+// b[0..1] for the first, b[2..3] for the second.
+template <Major M>
+__device__ __forceinline__ void load_b_frag2(uint32_t (&b)[4], uint32_t base, int n_off, int kk,
+                                             int lane) {
+  const int q = lane >> 3, r = lane & 7;
+  if constexpr (M == Major::K) {
+    const int row = n_off + (q >> 1) * 8 + r;
+    arch::ldmatrix_x4(b, base + swz(row, kk * 2 + (q & 1)));
+  } else {
+    const int krow = kk * 16 + (q & 1) * 8 + r;
+    arch::ldmatrix_x4_trans(b, mn_addr(base, krow, n_off + (q >> 1) * 8));
+  }
+}
+
+}  // namespace sonicmoe::gemm::sm80

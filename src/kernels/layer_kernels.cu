@@ -1,0 +1,189 @@
+#include "kernels/layer_kernels.cuh"
+
+#include <algorithm>
+#include <string>
+
+#include <cub/block/block_scan.cuh>
+
+#include <sonicmoe/types.hpp>
+
+namespace sonicmoe::kernels {
+namespace {
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
+}
+
+constexpr int kScanThreads = 1024;
+
+__global__ void __launch_bounds__(kScanThreads)
+    tile_offsets_kernel(const int32_t* __restrict__ offsets, int num_experts, int m_tile,
+                        int32_t* __restrict__ tiles) {
+  using Scan = cub::BlockScan<int32_t, kScanThreads>;
+  __shared__ typename Scan::TempStorage tmp;
+  int32_t carry = 0;
+  for (int base = 0; base < num_experts; base += kScanThreads) {
+    const int e = base + threadIdx.x;
+    int32_t count = 0;
+    if (e < num_experts) count = max(0, offsets[e + 1] - offsets[e]);
+    const int32_t v = (count + m_tile - 1) / m_tile;
+    int32_t prefix, total;
+    Scan(tmp).ExclusiveSum(v, prefix, total);
+    if (e < num_experts) tiles[e] = carry + prefix;
+    carry += total;
+    __syncthreads();  // tmp is reused by the next chunk
+  }
+  if (threadIdx.x == 0) tiles[num_experts] = carry;
+}
+
+// One CTA per token; each thread owns 8 consecutive columns (one 16-byte
+// vector) per step.
+constexpr int kAggThreads = 128;
+
+__global__ void __launch_bounds__(kAggThreads)
+    aggregate_kernel(const bf16_t* __restrict__ src, const float* __restrict__ scores,
+                     const int32_t* __restrict__ token_offsets,
+                     const int32_t* __restrict__ pair_position, int64_t num_pairs, int64_t width,
+                     bf16_t* __restrict__ out) {
+  const int64_t t = blockIdx.x;
+  const int begin = token_offsets[t], end = token_offsets[t + 1];
+  for (int64_t c = threadIdx.x * 8; c < width; c += kAggThreads * 8) {
+    float acc[8] = {};
+    for (int i = max(begin, 0); i < min(static_cast<int64_t>(end), num_pairs); ++i) {
+      const int32_t p = pair_position[i];
+      if (p < 0 || p >= num_pairs) continue;
+      const float w = scores ? scores[i] : 1.f;
+      const uint4 v = *reinterpret_cast<const uint4*>(src + p * width + c);
+      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 f = __bfloat1622float2(h[k]);
+        acc[2 * k] += w * f.x;
+        acc[2 * k + 1] += w * f.y;
+      }
+    }
+    uint4 o;
+    __nv_bfloat162* oh = reinterpret_cast<__nv_bfloat162*>(&o);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) oh[k] = __floats2bfloat162_rn(acc[2 * k], acc[2 * k + 1]);
+    *reinterpret_cast<uint4*>(out + t * width + c) = o;
+  }
+}
+
+__device__ int expert_of(const int32_t* offsets, int num_experts, int32_t p) {
+  int lo = 0, hi = num_experts - 1;  // largest e with offsets[e] <= p
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (offsets[mid] <= p) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// One warp per pair. The tile partials are summed by lane 0 in tile order and
+// the bias dot product with a fixed shuffle tree: reproducible bits.
+__global__ void reduce_dscores_kernel(const float* __restrict__ ds_part, int n_tiles,
+                                      const int32_t* __restrict__ pair_position,
+                                      const int32_t* __restrict__ sorted_token,
+                                      const int32_t* __restrict__ expert_offsets,
+                                      const bf16_t* __restrict__ dout, const bf16_t* __restrict__ b2,
+                                      int64_t num_tokens, int num_experts, int64_t num_pairs,
+                                      int64_t hidden, float* __restrict__ dscores) {
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (i >= num_pairs) return;
+  const int32_t p = pair_position[i];
+  if (p < 0 || p >= num_pairs) {
+    if (lane == 0) dscores[i] = 0.f;
+    return;
+  }
+  float bias_dot = 0.f;
+  if (b2) {
+    const int e = expert_of(expert_offsets, num_experts, p);
+    const int64_t t = min(max(int64_t{sorted_token[p]}, int64_t{0}), num_tokens - 1);
+    for (int64_t c = lane * 2; c < hidden; c += 64) {
+      const float2 g = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + t * hidden + c));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(b2 + e * hidden + c));
+      bias_dot += g.x * b.x + g.y * b.y;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) bias_dot += __shfl_xor_sync(0xffffffffu, bias_dot, o);
+  }
+  if (lane == 0) {
+    float s = 0.f;
+    for (int k = 0; k < n_tiles; ++k) s += ds_part[p * n_tiles + k];
+    dscores[i] = s + bias_dot;
+  }
+}
+
+// One thread per (expert, column pair); positions summed in order.
+__global__ void column_sums_kernel(const bf16_t* __restrict__ src, int64_t src_rows,
+                                   const int32_t* __restrict__ gather,
+                                   const float* __restrict__ scores,
+                                   const int32_t* __restrict__ sorted_pair,
+                                   const int32_t* __restrict__ expert_offsets, int64_t num_pairs,
+                                   int64_t width, bf16_t* __restrict__ out) {
+  const int e = blockIdx.y;
+  const int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * 2;
+  if (c >= width) return;
+  const int64_t begin = max(0, expert_offsets[e]);
+  const int64_t end = min(num_pairs, static_cast<int64_t>(expert_offsets[e + 1]));
+  float2 acc = {0.f, 0.f};
+  for (int64_t p = begin; p < end; ++p) {
+    const int64_t row = gather ? min(max(int64_t{gather[p]}, int64_t{0}), src_rows - 1) : p;
+    const float w = scores ? scores[min(max(sorted_pair[p], 0), static_cast<int32_t>(num_pairs - 1))] : 1.f;
+    const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + row * width + c));
+    acc.x += w * v.x;
+    acc.y += w * v.y;
+  }
+  *reinterpret_cast<__nv_bfloat162*>(out + e * width + c) = __floats2bfloat162_rn(acc.x, acc.y);
+}
+
+}  // namespace
+
+void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile,
+                  int32_t* tiles, cudaStream_t stream) {
+  tile_offsets_kernel<<<1, kScanThreads, 0, stream>>>(expert_offsets, static_cast<int>(num_experts),
+                                                      m_tile, tiles);
+  check_launch("tile_offsets");
+}
+
+void aggregate_rows(const bf16_t* src, const float* scores, const int32_t* token_offsets,
+                    const int32_t* pair_position, int64_t num_tokens, int64_t num_pairs,
+                    int64_t width, bf16_t* out, cudaStream_t stream) {
+  if (num_tokens == 0) return;
+  aggregate_kernel<<<static_cast<unsigned>(num_tokens), kAggThreads, 0, stream>>>(
+      src, scores, token_offsets, pair_position, num_pairs, width, out);
+  check_launch("aggregate_rows");
+}
+
+void reduce_dscores(const float* ds_part, int n_tiles, const int32_t* pair_position,
+                    const int32_t* sorted_token, const int32_t* expert_offsets,
+                    const bf16_t* dout, const bf16_t* b2, int64_t num_tokens,
+                    int64_t num_experts, int64_t num_pairs, int64_t hidden, float* dscores,
+                    cudaStream_t stream) {
+  if (num_pairs == 0) return;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (num_pairs * 32 + kThreads - 1) / kThreads;
+  reduce_dscores_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      ds_part, n_tiles, pair_position, sorted_token, expert_offsets, dout, b2, num_tokens,
+      static_cast<int>(num_experts), num_pairs, hidden, dscores);
+  check_launch("reduce_dscores");
+}
+
+void expert_column_sums(const bf16_t* src, int64_t src_rows, const int32_t* gather,
+                        const float* scores, const int32_t* sorted_pair,
+                        const int32_t* expert_offsets, int64_t num_experts, int64_t num_pairs,
+                        int64_t width, bf16_t* out, cudaStream_t stream) {
+  constexpr int kThreads = 128;
+  const dim3 grid(static_cast<unsigned>((width / 2 + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(num_experts));
+  column_sums_kernel<<<grid, kThreads, 0, stream>>>(src, src_rows, gather, scores, sorted_pair,
+                                                    expert_offsets, num_pairs, width, out);
+  check_launch("expert_column_sums");
+}
+
+}  // namespace sonicmoe::kernels

@@ -1,0 +1,207 @@
+// The GPU layer against the fp64 oracle and the CPU reference.
+//
+// Tolerances. The CPU reference keeps every temporary in fp32 and rounds only
+// the bf16 outputs (half-ulp 2^-8 relative); its error against fp64 is a few
+// 1e-3 of max|ref|. The GPU also rounds its temporaries (A, Y, dH, A', dX~)
+// to bf16 as SONICMOE.md prescribes, adding at most a comparable amount. So
+// each GPU tensor must satisfy
+//     rel_gpu <= 2 * rel_cpu + 4e-3          (rel = max|lib - ref| / max|ref|)
+// A wrong sign, a missing term or a wrong row gives O(1) errors and fails;
+// an empty expert's weight gradients and a pair-less token's rows must be
+// exactly zero, and two runs must agree bit for bit.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "harness.hpp"
+
+namespace sonicmoe::testing {
+namespace {
+
+constexpr Device kGpu{DeviceType::CUDA, 0};
+
+#define SKIP_WITHOUT_GPU()                                                   \
+  do {                                                                       \
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device present"; \
+  } while (0)
+
+void expect_close(const char* name, const std::vector<double>& gpu, const std::vector<double>& cpu,
+                  const std::vector<double>& ref, const std::string& what) {
+  const double rel_gpu = compare(gpu, ref).rel(), rel_cpu = compare(cpu, ref).rel();
+  EXPECT_LE(rel_gpu, 2 * rel_cpu + 4e-3)
+      << name << ": gpu rel " << rel_gpu << " vs cpu rel " << rel_cpu << " (" << what << ")";
+}
+
+// Compares everything the layer produces; returns the GPU result.
+LibResult check_case(const Case& c, bool use_topk = true) {
+  const std::string what = describe(c.spec);
+  const LibResult gpu = run_library(c, kGpu, true, use_topk);
+  const LibResult cpu = run_library(c, Device{}, true, use_topk);
+  const NaiveForward fwd = naive_forward(c.layer);
+  const NaiveGrads g = naive_backward(c.layer, c.dout);
+  EXPECT_EQ(gpu.expert_offsets, cpu.expert_offsets) << what;
+  EXPECT_EQ(gpu.sorted_pair, cpu.sorted_pair) << what;
+  expect_close("out", gpu.out, cpu.out, fwd.out, what);
+  expect_close("h", gpu.h_pair_order(), cpu.h_pair_order(), fwd.h, what);
+  expect_close("dx", gpu.dx, cpu.dx, g.dx, what);
+  expect_close("dw1", gpu.dw1, cpu.dw1, g.dw1, what);
+  expect_close("dw2", gpu.dw2, cpu.dw2, g.dw2, what);
+  expect_close("dscores", gpu.dscores, cpu.dscores, g.dscores, what);
+  if (!g.db1.empty()) expect_close("db1", gpu.db1, cpu.db1, g.db1, what);
+  if (!g.db2.empty()) expect_close("db2", gpu.db2, cpu.db2, g.db2, what);
+  return gpu;
+}
+
+// Every expert with no pairs must get exactly zero weight gradients.
+void expect_empty_experts_zero(const Case& c, const LibResult& r) {
+  const NaiveLayer& L = c.layer;
+  const int64_t R = L.R();
+  for (int64_t e = 0; e < L.E; ++e) {
+    if (r.expert_offsets[e] != r.expert_offsets[e + 1]) continue;
+    for (int64_t i = 0; i < R * L.d; ++i) ASSERT_EQ(r.dw1[e * R * L.d + i], 0.0) << "expert " << e;
+    for (int64_t i = 0; i < L.d * L.n; ++i) ASSERT_EQ(r.dw2[e * L.d * L.n + i], 0.0) << "expert " << e;
+    for (int64_t i = 0; !r.db1.empty() && i < R; ++i) ASSERT_EQ(r.db1[e * R + i], 0.0);
+    for (int64_t i = 0; !r.db2.empty() && i < L.d; ++i) ASSERT_EQ(r.db2[e * L.d + i], 0.0);
+  }
+}
+
+struct MatrixParam {
+  Activation act;
+  bool bias;
+  RouterOrder order;
+  bool renorm;
+};
+
+class GpuLayerMatrix : public ::testing::TestWithParam<MatrixParam> {};
+
+TEST_P(GpuLayerMatrix, MatchesReference) {
+  SKIP_WITHOUT_GPU();
+  const MatrixParam m = GetParam();
+  // Shapes that are not tile multiples in any dimension, and one with several
+  // M tiles per expert and several K steps.
+  for (auto [T, d, n, E, K] : {std::array<int64_t, 5>{37, 24, 40, 5, 2},
+                               std::array<int64_t, 5>{300, 200, 136, 6, 3}}) {
+    CaseSpec s;
+    s.T = T, s.d = d, s.n = n, s.E = E, s.K = K;
+    s.act = m.act, s.bias = m.bias, s.order = m.order, s.renormalize = m.renorm;
+    s.seed = 7 + static_cast<uint64_t>(m.act) * 4 + m.bias * 2 + static_cast<uint64_t>(m.order);
+    check_case(make_case(s));
+  }
+}
+
+std::vector<MatrixParam> matrix() {
+  std::vector<MatrixParam> v;
+  for (int a = 0; a <= 6; ++a)
+    for (bool bias : {false, true})
+      for (auto [order, renorm] : {std::pair{RouterOrder::TopKThenSoftmax, false},
+                                   std::pair{RouterOrder::SoftmaxThenTopK, true}})
+        v.push_back({static_cast<Activation>(a), bias, order, renorm});
+  return v;
+}
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuLayerMatrix, ::testing::ValuesIn(matrix()),
+                         [](const auto& info) {
+                           const MatrixParam& m = info.param;
+                           return std::string(to_string(m.act)) + (m.bias ? "_bias" : "") +
+                                  (m.order == RouterOrder::TopKThenSoftmax ? "_topk_softmax"
+                                                                           : "_softmax_topk");
+                         });
+
+TEST(GpuLayer, EmptyExpertsGetExactZeroGradients) {
+  SKIP_WITHOUT_GPU();
+  for (bool bias : {false, true}) {
+    CaseSpec s;
+    s.T = 50, s.d = 32, s.n = 24, s.E = 6, s.K = 2, s.bias = bias;
+    Case c = make_case(s);
+    // Route every token to experts 1 and 4 only.
+    std::vector<int32_t> tok, exp;
+    std::vector<double> sc;
+    for (int32_t t = 0; t < s.T; ++t)
+      for (int32_t e : {1, 4}) tok.push_back(t), exp.push_back(e), sc.push_back(0.25 + 0.5 * (e == 1));
+    set_pairs(c, tok, exp, sc);
+    const LibResult r = check_case(c, false);
+    expect_empty_experts_zero(c, r);
+  }
+}
+
+TEST(GpuLayer, AllTokensOnOneExpert) {
+  SKIP_WITHOUT_GPU();
+  for (int64_t K : {1, 2}) {
+    CaseSpec s;
+    s.T = 260, s.d = 64, s.n = 64, s.E = 8, s.K = K, s.hot_expert = 3;
+    const Case c = make_case(s);
+    expect_empty_experts_zero(c, check_case(c));
+  }
+}
+
+TEST(GpuLayer, EdgeShapes) {
+  SKIP_WITHOUT_GPU();
+  struct Shape {
+    int64_t T, d, n, E, K;
+  };
+  for (Shape sh : {Shape{1, 8, 8, 1, 1}, Shape{1, 16, 8, 4, 4}, Shape{20, 16, 16, 4, 4},
+                   Shape{33, 72, 24, 3, 1}, Shape{129, 136, 8, 2, 2}}) {
+    for (Activation act : {Activation::SwiGLU, Activation::GeLU}) {
+      CaseSpec s;
+      s.T = sh.T, s.d = sh.d, s.n = sh.n, s.E = sh.E, s.K = sh.K, s.act = act, s.bias = true;
+      const Case c = make_case(s);
+      expect_empty_experts_zero(c, check_case(c));
+    }
+  }
+}
+
+TEST(GpuLayer, GeneralRoutingWithVariablePairsPerToken) {
+  SKIP_WITHOUT_GPU();
+  for (Activation act : {Activation::SwiGLU, Activation::ReLU2}) {
+    CaseSpec s;
+    s.T = 90, s.d = 48, s.n = 32, s.E = 7, s.K = 1, s.act = act, s.bias = true;
+    Case c = make_case(s);
+    std::vector<int32_t> tok, exp;
+    std::vector<double> sc;
+    for (int32_t t = 0; t < s.T; ++t)
+      for (int32_t k = 0; k < t % 5; ++k)  // 0..4 pairs; token 0, 5, 10, ... have none
+        tok.push_back(t), exp.push_back((t * 3 + k * 2) % 7), sc.push_back(0.1 + 0.2 * k);
+    set_pairs(c, tok, exp, sc);
+    const LibResult r = check_case(c, false);
+    for (int64_t t = 0; t < s.T; t += 5)
+      for (int64_t k = 0; k < s.d; ++k) {
+        ASSERT_EQ(r.out[t * s.d + k], 0.0) << "token " << t;
+        ASSERT_EQ(r.dx[t * s.d + k], 0.0) << "token " << t;
+      }
+  }
+}
+
+TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 100, s.d = 64, s.n = 48, s.E = 4, s.K = 2;
+  const Case c = make_case(s);
+  const LibResult train = run_library(c, kGpu, false, true, ForwardMode::Training);
+  const LibResult infer = run_library(c, kGpu, false, true, ForwardMode::Inference);
+  EXPECT_EQ(train.out, infer.out);
+  EXPECT_TRUE(infer.h.empty());
+}
+
+TEST(GpuLayer, BitwiseDeterministic) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 1000, s.d = 256, s.n = 128, s.E = 16, s.K = 4, s.bias = true;
+  const Case c = make_case(s);
+  const LibResult a = run_library(c, kGpu, true), b = run_library(c, kGpu, true);
+  auto same_bits = [](const std::vector<double>& x, const std::vector<double>& y) {
+    return x.size() == y.size() && std::memcmp(x.data(), y.data(), x.size() * sizeof(double)) == 0;
+  };
+  EXPECT_TRUE(same_bits(a.out, b.out));
+  EXPECT_TRUE(same_bits(a.h, b.h));
+  EXPECT_TRUE(same_bits(a.dx, b.dx));
+  EXPECT_TRUE(same_bits(a.dw1, b.dw1));
+  EXPECT_TRUE(same_bits(a.dw2, b.dw2));
+  EXPECT_TRUE(same_bits(a.db1, b.db1));
+  EXPECT_TRUE(same_bits(a.db2, b.db2));
+  EXPECT_TRUE(same_bits(a.dscores, b.dscores));
+}
+
+}  // namespace
+}  // namespace sonicmoe::testing
