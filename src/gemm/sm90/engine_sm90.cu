@@ -1,0 +1,174 @@
+// The Hopper engine: the six products on TMA + wgmma (compiled for sm_90a only).
+//
+// Instantiations (G: grouping; A/B: majorness and source; 128 x 128 tiles,
+// 5 stages of 32 KiB):
+//   up_proj   M  A=X[gather] K Copy   B=W1_e K Tma    UpProjEpilogue<act> x 7
+//   down_proj M  A=A         K Tma    B=W2_e K Tma    StoreEpilogue
+//   dh        M  A=dO[gather] K Copy  B=W2_e MN Tma   DHEpilogue<act> x 7
+//   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
+//   dw2       K  A=dO[gather] MN Copy B=A'   MN Copy  StoreEpilogue
+//   dw1       K  A=dH        MN Copy  B=X[gather] MN Copy StoreEpilogue
+#include <algorithm>
+#include <string>
+
+#include "common/activation.hpp"
+#include "gemm/engine.hpp"
+#include "gemm/sm90/kernel.cuh"
+#include "gemm/sm90/tma.hpp"
+
+namespace sonicmoe::gemm {
+namespace {
+
+using namespace sm90;
+
+constexpr int kBN = 128;
+constexpr int kStages = 5;
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
+}
+
+int sm_count() {
+  int dev = 0, count = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
+  return std::max(count, 1);
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <Grouping G, Major MA, Src SA, Major MB, Src SB, class Epi>
+void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
+            const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
+            cudaStream_t stream) {
+  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi>;
+  auto kernel = grouped_gemm_kernel<K>;
+  static const bool configured = [&] {
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
+    return true;
+  }();
+  (void)configured;
+  if (tile_bound <= 0) return;
+  const int64_t grid = std::min<int64_t>(tile_bound, sm_count());
+  kernel<<<static_cast<unsigned>(grid), kThreads, K::kSmemBytes, stream>>>(args, map_a, map_b, ep);
+  check_launch(what);
+}
+
+Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t K) {
+  Schedule s{};
+  s.num_experts = static_cast<int>(L.E);
+  s.N = N;
+  s.K = K;
+  s.positions = L.N;
+  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
+  s.expert_offsets = r.expert_offsets;
+  s.tile_offsets = r.tile_offsets;
+  return s;
+}
+
+Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t N) {
+  Schedule s{};
+  s.num_experts = static_cast<int>(L.E);
+  s.M = M;
+  s.N = N;
+  s.positions = L.N;
+  s.m_tiles = static_cast<int>(ceil_div(M, kBM));
+  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
+  s.expert_offsets = r.expert_offsets;
+  return s;
+}
+
+int64_t m_bound(const LayerDims& L, const Schedule& s) {
+  return (ceil_div(L.N, kBM) + L.E) * s.n_tiles;
+}
+
+Operand rows_of(const bf16_t* p, int64_t ld, int64_t rows, const int32_t* gather = nullptr) {
+  return Operand{p, ld, 0, gather, rows};
+}
+
+const CUtensorMap kNoMap{};
+
+class HopperEngine final : public Engine {
+ public:
+  const char* name() const override { return "hopper-sm90a"; }
+  int m_tile() const override { return kBM; }
+  int dh_n_tile() const override { return kBN; }
+
+  void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
+               bf16_t* h, bf16_t* a, cudaStream_t st) override {
+    if (L.N == 0) return;
+    const int64_t R = L.R();
+    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{}, grouped_m(L, r, R, L.d)};
+    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kBN);
+    act::dispatch(L.act, [&]<Activation A>() {
+      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, UpProjEpilogue<A>>(
+          "up_proj", g, kNoMap, mb, {h, a, w.b1, L.n}, m_bound(L, g.schedule), st);
+    });
+  }
+
+  void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
+                 bf16_t* y, cudaStream_t st) override {
+    if (L.N == 0) return;
+    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, L.n)};
+    const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
+    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kBN);
+    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, StoreEpilogue>(
+        "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, m_bound(L, g.schedule), st);
+  }
+
+  void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
+          const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
+          cudaStream_t st) override {
+    if (L.N == 0) return;
+    const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
+                     grouped_m(L, r, L.n, L.d)};
+    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
+    act::dispatch(L.act, [&]<Activation A>() {
+      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, DHEpilogue<A>>(
+          "dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
+          m_bound(L, g.schedule), st);
+    });
+  }
+
+  void dx_tilde(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dh,
+                bf16_t* dxt, cudaStream_t st) override {
+    if (L.N == 0) return;
+    const int64_t R = L.R();
+    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, R)};
+    const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
+    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
+    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, StoreEpilogue>(
+        "dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr}, m_bound(L, g.schedule), st);
+  }
+
+  void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
+           bf16_t* dw2, cudaStream_t st) override {
+    const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
+                     grouped_k(L, r, L.d, L.n)};
+    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, StoreEpilogue>(
+        "dw2", g, kNoMap, kNoMap, {dw2, L.n, L.d * L.n, nullptr},
+        L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+  }
+
+  void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x,
+           bf16_t* dw1, cudaStream_t st) override {
+    const int64_t R = L.R();
+    const GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
+                     grouped_k(L, r, R, L.d)};
+    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, StoreEpilogue>(
+        "dw1", g, kNoMap, kNoMap, {dw1, L.d, R * L.d, nullptr},
+        L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+  }
+};
+
+}  // namespace
+
+Engine* hopper_engine() {
+  static HopperEngine engine;
+  return &engine;
+}
+
+}  // namespace sonicmoe::gemm

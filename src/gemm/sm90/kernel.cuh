@@ -1,0 +1,297 @@
+// The Hopper grouped GEMM: warp-specialized, persistent, TMA + cp.async
+// loads into 128-byte swizzled stages, wgmma from shared memory.
+//
+// Pipeline contract (one CTA, 384 threads = 3 warpgroups):
+// - WG0, the producer (setmaxnreg down to kProducerRegs). For every stage:
+//   wait empty[s]; thread 0 posts the stage's TMA bytes on full[s]
+//   (expect_tx) and issues the TMA copies (weights; contiguous rows); all
+//   128 threads issue the cp.async copies of gathered or expert-bounded rows
+//   and arrive on full[s] through cp.async.mbarrier.arrive.noinc, which
+//   fires when their copies have landed. full[s] expects 128 arrivals (plus
+//   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
+//   arrive.expect_tx).
+// - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs), split the
+//   128-row tile: WG w owns rows 64w .. 64w+63 and all kBN columns. For every
+//   stage: wait full[s] (parity = round & 1), fence.proxy.async (cp.async
+//   wrote through the generic proxy, wgmma reads through the async proxy),
+//   4 wgmma k16 steps, commit; once the next stage's group is issued, wait
+//   until one group is in flight and release the previous stage: thread 0
+//   of each consumer WG arrives on empty[s], which expects 2 arrivals.
+// - Stage index and phase run on across tiles: producer and consumers walk
+//   the same persistent tile list, so the producer fills the next tile's
+//   stages while the consumers run the epilogue.
+// - Epilogue (common/epilogues.cuh through FragView): the 256 consumer
+//   threads synchronise on named barrier kEpilogueBarrier only.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>
+
+#include "arch/sm90.cuh"
+#include "gemm/common/epilogues.cuh"
+#include "gemm/common/operand.cuh"
+#include "gemm/common/scheduler.cuh"
+
+namespace sonicmoe::gemm::sm90 {
+
+namespace hw = arch::sm90;
+
+inline constexpr int kBM = 128, kBK = 64;
+inline constexpr int kThreads = 384;
+inline constexpr int kProducerRegs = 72, kConsumerRegs = 216;
+inline constexpr int kEpilogueBarrier = 1;
+static_assert(kProducerRegs * 128 + kConsumerRegs * 256 <= 65536, "register file of one SM");
+
+// How an operand's stage arrives in shared memory.
+enum class Src {
+  Tma,     // a TMA box: weights, or rows that need no masking at an expert edge
+  Copy,    // cp.async by the producer warpgroup: gathered or expert-bounded rows
+};
+
+struct GemmArgs {
+  Operand a, b;
+  Schedule schedule;
+};
+
+// Shared memory of one stage of one operand: 128 (or kBN) rows x 64 k
+// (K-major) or 64 k-rows x 128 columns in two 64-column blocks (MN-major).
+template <int kRows>
+inline constexpr int kKMajorBytes = kRows * kBK * 2;
+inline constexpr int kMNBlockBytes = 64 * 128;  // 64 rows x 128 bytes
+
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+// The accumulator of one consumer warpgroup (64 rows x kBN) as the shared
+// epilogues see it: per thread 2 row slots, all columns of those rows.
+template <int kBN>
+struct FragView {
+  float (&acc)[kBN / 2];
+  static constexpr int kSlots = 2, kColGroups = 1, kThreads = 256;
+
+  __device__ int wg_row() const { return ((threadIdx.x - 128) >> 7) * 64; }
+  __device__ int slot_row(int slot) const {
+    return wg_row() + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2) + slot * 8;
+  }
+  __device__ int col_group() const { return 0; }
+  __device__ int thread() const { return threadIdx.x - 128; }
+  __device__ void sync() const { hw::named_sync(kEpilogueBarrier, kThreads); }
+
+  template <class Fn>
+  __device__ __forceinline__ void for_each_pair(Fn&& fn) {
+    const int lane = threadIdx.x & 31;
+    const int r0 = wg_row() + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+    for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        fn(h, r0 + h * 8, j * 8 + (lane & 3) * 2, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+  }
+};
+
+template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi>
+struct Kernel {
+  static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
+                "grouped-M products read A by rows; grouped-K products read both operands "
+                "along the expert's rows");
+  static_assert(G == Grouping::M || (SA == Src::Copy && SB == Src::Copy),
+                "a grouped-K tile ends at an expert edge that only cp.async can mask");
+  using EpiParams = typename Epi::Params;
+  static constexpr int kNumStages = kStages;
+  static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
+
+  static constexpr int kABytes = MA == Major::K ? kKMajorBytes<kBM> : 2 * kMNBlockBytes;
+  static constexpr int kBBytes = MB == Major::K ? kKMajorBytes<kBN> : (kBN / 64) * kMNBlockBytes;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
+  static constexpr uint32_t kTmaBytes =
+      (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
+  static constexpr int kEpiBytes = Epi::template smem_bytes<kBM>();
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes +
+                                    kEpiBytes + 2 * kStages * 8 /* barriers */;
+  static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
+  static_assert(MB == Major::K || kBN % 64 == 0);
+
+  struct Smem {
+    char* stages;
+    char* epi;
+    uint64_t* full;
+    uint64_t* empty;
+  };
+
+  __device__ static Smem carve(char* raw) {
+    char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t{1023});
+    Smem s;
+    s.stages = base;
+    s.epi = base + kStages * kStageBytes;
+    s.full = reinterpret_cast<uint64_t*>(s.epi + kEpiBytes);
+    s.empty = s.full + kStages;
+    return s;
+  }
+
+  // ------------------------------------------------------------ producer --
+  // Rows of a K-major A tile by cp.async: thread t copies row t's 64 k.
+  __device__ static void copy_k_major(uint32_t dst, const bf16_t* row, bool row_ok, int64_t k0,
+                                      int64_t k_extent) {
+    const int t = threadIdx.x;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const bool ok = row_ok && k0 + c * 8 < k_extent;
+      arch::cp_async_16(dst + swz(t, c), ok ? row + k0 + c * 8 : row, ok ? 16u : 0u);
+    }
+  }
+
+  // 64 k-rows x 128 columns by cp.async: thread t copies half b = t % 2 of
+  // k-row t / 2 (one 64-column block).
+  __device__ static void copy_mn_major(uint32_t dst, const Operand& op, int expert,
+                                       int64_t first_row, int64_t k_rows, int64_t k0,
+                                       int64_t col0, int64_t col_extent) {
+    const int j = threadIdx.x >> 1, b = threadIdx.x & 1;
+    const int64_t col = col0 + b * 64;
+    const bool row_ok = k0 + j < k_rows;
+    const bf16_t* row = row_ok ? operand_row(op, expert, first_row + k0 + j) : op.ptr;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const bool ok = row_ok && col + c * 8 < col_extent;
+      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row + col + c * 8 : op.ptr,
+                        ok ? 16u : 0u);
+    }
+  }
+
+  __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
+                                 const CUtensorMap* map_b, const Smem& sm) {
+    const Scheduler<G, kBM, kBN> sched{g.schedule};
+    const int total = sched.total();
+    const bool leader = threadIdx.x == 0;
+    int it = 0;
+    for (int id = blockIdx.x; id < total; id += gridDim.x) {
+      const Tile t = sched.at(id);
+      const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
+      // K-major gathered A rows are fixed for the tile: resolve once.
+      const bf16_t* a_row = g.a.ptr;
+      bool a_row_ok = false;
+      if constexpr (G == Grouping::M && SA == Src::Copy) {
+        a_row_ok = static_cast<int>(threadIdx.x) < t.rows;
+        if (a_row_ok) a_row = operand_row(g.a, t.expert, t.m0 + threadIdx.x);
+      }
+      for (int kt = 0; kt < ktiles; ++kt, ++it) {
+        const int s = it % kStages;
+        if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
+        char* stage = sm.stages + s * kStageBytes;
+        const uint32_t a_dst = arch::smem_addr(stage), b_dst = a_dst + kABytes;
+        const int64_t k0 = static_cast<int64_t>(kt) * kBK;
+        if (leader && kTmaBytes > 0) {
+          if constexpr (kAnyCopy) hw::mbar_expect_tx(sm.full + s, kTmaBytes);
+          else hw::mbar_arrive_expect_tx(sm.full + s, kTmaBytes);
+          if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
+            hw::tma_load_2d(stage, map_a, sm.full + s, static_cast<int>(k0), static_cast<int>(t.m0));
+          if constexpr (SB == Src::Tma) {
+            if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
+              hw::tma_load_3d(stage + kABytes, map_b, sm.full + s, static_cast<int>(k0),
+                              static_cast<int>(t.n0), t.expert);
+            else  // 3-D map (n, k, expert), one box per 64 columns
+#pragma unroll
+              for (int blk = 0; blk < kBN / 64; ++blk)
+                hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
+                                static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0),
+                                t.expert);
+          }
+        }
+        if constexpr (kAnyCopy) {
+          if constexpr (G == Grouping::M) {
+            copy_k_major(a_dst, a_row, a_row_ok, k0, g.schedule.K);
+          } else {
+            copy_mn_major(a_dst, g.a, t.expert, t.k_first, t.k_len, k0, t.m0, g.schedule.M);
+            copy_mn_major(b_dst, g.b, t.expert, t.k_first, t.k_len, k0, t.n0, g.schedule.N);
+          }
+          hw::cp_async_mbar_arrive(sm.full + s);
+        }
+      }
+    }
+  }
+
+  // ----------------------------------------------------------- consumers --
+  __device__ static uint64_t desc_a(uint32_t stage, int wg, int kk) {
+    if constexpr (MA == Major::K)  // rows 64 wg .. : 8 KiB per 64 rows; k16 = 32 bytes
+      return hw::smem_desc(stage + wg * 64 * 128 + kk * 32, 16, 1024);
+    else  // block wg holds columns 64 wg ..; k16 = two 8-row atoms
+      return hw::smem_desc(stage + wg * kMNBlockBytes + kk * 2048, kMNBlockBytes, 1024);
+  }
+  __device__ static uint64_t desc_b(uint32_t stage, int kk) {
+    if constexpr (MB == Major::K) return hw::smem_desc(stage + kk * 32, 16, 1024);
+    else return hw::smem_desc(stage + kk * 2048, kMNBlockBytes, 1024);
+  }
+
+  __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
+                                 const Smem& sm) {
+    const Scheduler<G, kBM, kBN> sched{g.schedule};
+    const int total = sched.total();
+    const int wg = (threadIdx.x - 128) >> 7;
+    const bool wg_leader = (threadIdx.x & 127) == 0;
+    float acc[kBN / 2];
+    int it = 0;
+    for (int id = blockIdx.x; id < total; id += gridDim.x) {
+      const Tile t = sched.at(id);
+      const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+      for (int kt = 0; kt < ktiles; ++kt, ++it) {
+        const int s = it % kStages;
+        hw::mbar_wait(sm.full + s, (it / kStages) & 1);
+        if constexpr (kAnyCopy) hw::fence_proxy_async();
+        const uint32_t a = arch::smem_addr(sm.stages + s * kStageBytes), b = a + kABytes;
+#pragma unroll
+        for (int i = 0; i < kBN / 2; ++i) hw::fence_operand(acc[i]);
+        hw::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk)
+          hw::Wgmma<kBN, MA == Major::MN, MB == Major::MN>::run(acc, desc_a(a, wg, kk),
+                                                                  desc_b(b, kk), 1);
+        hw::wgmma_commit();
+#pragma unroll
+        for (int i = 0; i < kBN / 2; ++i) hw::fence_operand(acc[i]);
+        // One group may stay in flight: the previous stage is free once it
+        // has retired.
+        hw::wgmma_wait<1>();
+        if (kt > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
+      }
+      hw::wgmma_wait<0>();
+      if (ktiles > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
+      FragView<kBN> frag{acc};
+      Epi::template apply<kBM, kBN>(ep, g.schedule, t, frag, sm.epi);
+    }
+  }
+};
+
+template <class K>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_gemm_kernel(const __grid_constant__ GemmArgs args,
+                        const __grid_constant__ CUtensorMap map_a,
+                        const __grid_constant__ CUtensorMap map_b,
+                        const __grid_constant__ typename K::EpiParams ep) {
+  extern __shared__ char smem_raw[];
+  const auto sm = K::carve(smem_raw);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < K::kNumStages; ++s) {
+      hw::mbar_init(sm.full + s, K::kAnyCopy ? 128 : 1);
+      hw::mbar_init(sm.empty + s, 2);
+    }
+    hw::fence_barrier_init();
+    if (K::kTmaA) hw::prefetch_tensormap(&map_a);
+    if (K::kTmaB) hw::prefetch_tensormap(&map_b);
+  }
+  __syncthreads();
+  // One role per warpgroup, one branch each: setmaxnreg needs both.
+  if (threadIdx.x < 128) {
+    hw::setmaxnreg_dec<kProducerRegs>();
+    K::produce(args, &map_a, &map_b, sm);
+  } else {
+    hw::setmaxnreg_inc<kConsumerRegs>();
+    K::consume(args, ep, sm);
+  }
+}
+
+}  // namespace sonicmoe::gemm::sm90
