@@ -40,6 +40,18 @@ inline constexpr std::array<ShapeConfig, 15> kConfigs{{
     {"dsv3-685b", 32768, 7168, 2048, 256, 8, 535, 480},
 }};
 
+// Single-kernel figures of the SonicMoE paper (H100, SwiGLU, no bias), quoted
+// by --kernels next to the kernel of the same name.
+struct KernelTarget {
+  std::string_view config, kernel;
+  double tflops;
+  std::string_view what, remark;  // "<what> <tflops> TFLOPS <remark>"
+};
+inline constexpr KernelTarget kPaperKernelTargets[] = {
+    {"7b-n256", "up_proj", 559, "up-projection (fused gather + SwiGLU)", ""},
+    {"7b-n256", "dh", 328, "dH kernel", "(at 2.14 TB/s)"},
+};
+
 // Not part of `--config all`: the smoke-test shape, and what a machine
 // without a GPU runs by default on the CPU reference backend.
 inline constexpr ShapeConfig kTiny{"tiny", 256, 128, 64, 8, 2, 0, 0};

@@ -1,5 +1,6 @@
 // sonicmoe-bench: picks the device and the shapes, runs each, prints one
-// JSON line per run on stdout and a summary table on stderr.
+// JSON line per run (per kernel with --kernels) on stdout and a summary
+// table on stderr.
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -8,6 +9,7 @@
 #include <sonicmoe/sonicmoe.hpp>
 
 #include "configs.hpp"
+#include "kernels.hpp"
 #include "options.hpp"
 #include "runner.hpp"
 
@@ -48,6 +50,44 @@ sb::Problem problem_of(const sb::ShapeConfig& c, const sb::Options& o) {
   return p;
 }
 
+// The library failed on p: report it; true when every other shape would
+// fail the same way (Unsupported) and the run should stop.
+bool report_library_error(const sb::Problem& p, const sonicmoe::Error& e, bool gpu) {
+  std::fprintf(stderr, "sonicmoe-bench: %s: the library failed: %s\n", p.name.c_str(), e.what());
+  if (e.status() != sonicmoe::Status::Unsupported) return false;
+  std::fprintf(stderr,
+               "sonicmoe-bench: this build of sonicmoe cannot run it on the %s (status "
+               "Unsupported)%s\n",
+               gpu ? "GPU" : "CPU", gpu ? "; --device cpu runs the CPU reference backend" : "");
+  return true;
+}
+
+// --kernels: one JSON line per kernel as each config finishes, one table of
+// every config's kernels at the end.
+int run_kernel_mode(const std::vector<sb::Problem>& problems, const sb::RunSettings& settings) {
+  std::vector<sb::KernelResult> all;
+  bool error = false;
+  for (const auto& p : problems) {
+    try {
+      const std::vector<sb::KernelResult> results = sb::run_kernels(p, settings);
+      for (const auto& k : results) std::cout << sb::to_json(k) << '\n';
+      std::cout.flush();
+      all.insert(all.end(), results.begin(), results.end());
+    } catch (const sonicmoe::Error& e) {
+      error = true;
+      if (report_library_error(p, e, true)) break;
+    } catch (const std::exception& e) {
+      error = true;
+      std::fprintf(stderr, "sonicmoe-bench: %s: %s\n", p.name.c_str(), e.what());
+    }
+  }
+  if (!all.empty()) {
+    std::cerr << '\n';
+    sb::print_kernel_table(std::cerr, all);
+  }
+  return error ? kExitError : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -70,6 +110,11 @@ int main(int argc, char** argv) {
   if (o.device == sb::DeviceChoice::Cuda && gpus == 0)
     return usage_error("--device cuda: no CUDA device is visible (sonicmoe::cuda_device_count() == 0)");
   const bool gpu = o.device == sb::DeviceChoice::Cuda || (o.device == sb::DeviceChoice::Auto && gpus > 0);
+  if (o.kernels && !gpu)
+    return usage_error(o.device == sb::DeviceChoice::Cpu
+                           ? "--kernels times GPU kernels: it cannot run with --device cpu"
+                           : "--kernels times GPU kernels and needs a CUDA device; none is visible "
+                             "(sonicmoe::cuda_device_count() == 0)");
 
   std::vector<sb::Problem> problems;
   if (o.explicit_shape) {
@@ -87,6 +132,9 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "sonicmoe-bench: no config given: running the CPU reference backend on config 'tiny'\n");
     problems.push_back(problem_of(sb::kTiny, o));
   }
+
+  const sb::RunSettings settings{o.warmup, o.iters, o.tol};
+  if (o.kernels) return run_kernel_mode(problems, settings);
 
   for (auto& p : problems) {
     p.check = o.check.value_or(p.work() <= kFullCheckMaxWork ? sb::CheckMode::Full : sb::CheckMode::Sampled);
@@ -106,7 +154,6 @@ int main(int argc, char** argv) {
                    p.name.c_str());
   }
 
-  const sb::RunSettings settings{o.warmup, o.iters, o.tol};
   std::vector<sb::RunResult> results;
   bool check_failed = false, error = false;
   for (const auto& p : problems) {
@@ -123,16 +170,7 @@ int main(int argc, char** argv) {
       results.push_back(std::move(r));
     } catch (const sonicmoe::Error& e) {
       error = true;
-      std::fprintf(stderr, "sonicmoe-bench: %s: the library failed: %s\n", p.name.c_str(), e.what());
-      if (e.status() == sonicmoe::Status::Unsupported) {
-        // Every other shape would fail the same way: stop here.
-        std::fprintf(stderr,
-                     "sonicmoe-bench: this build of sonicmoe cannot run it on the %s (status "
-                     "Unsupported)%s\n",
-                     gpu ? "GPU" : "CPU",
-                     gpu ? "; --device cpu runs the CPU reference backend" : "");
-        break;
-      }
+      if (report_library_error(p, e, gpu)) break;
     } catch (const std::exception& e) {
       error = true;
       std::fprintf(stderr, "sonicmoe-bench: %s: %s\n", p.name.c_str(), e.what());

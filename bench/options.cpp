@@ -87,6 +87,7 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--list") no_value(), o.list = true;
     else if (flag == "--bias") no_value(), o.bias = true;
     else if (flag == "--force") no_value(), o.force = true;
+    else if (flag == "--kernels") no_value(), o.kernels = true;
     else if (flag == "--config") o.configs = parse_config_names(value());
     else if (flag == "--warmup") o.warmup = static_cast<int>(parse_int(flag, value(), 0, 100000));
     else if (flag == "--iters") o.iters = static_cast<int>(parse_int(flag, value(), 1, 100000));
@@ -165,6 +166,9 @@ Usage: sonicmoe-bench [--config NAME[,NAME...]|all | --T N --H N --I N --E N --K
                       [--expert-bias-std X] [--warmup N] [--iters N] [--check C]
                       [--tol X] [--seed N]
                       [--force] [--list] [--help]
+       sonicmoe-bench --kernels [--config NAME[,NAME...]|all | --T .. --K ..]
+                      [--activation A] [--bias] [--router R] [--expert-bias-std X]
+                      [--warmup N] [--iters N] [--seed N]
 
 Shape
   --config NAME      a canonical config (--list), a comma-separated list, or 'all'
@@ -190,6 +194,19 @@ Run
   --seed N           seed of the random inputs (default 1)
   --force            run a large shape on the CPU reference backend anyway
 
+Kernels (GPU only)
+  --kernels          time each kernel of the GPU layer alone instead of the layer:
+                     the six grouped products (TFLOPS, and a dense cuBLAS bf16
+                     GEMM of the same M, N, K in the same run), aggregate_rows
+                     forward and backward, reduce_dscores, router_forward and
+                     routing_from_topk (GB/s from the bytes each must move at
+                     least). Median of --iters runs after --warmup, L2 flushed
+                     before each run. Engine: SONICMOE_ENGINE=portable|hopper, or
+                     the device's default. Output: one JSON object per kernel
+                     {"config", "kernel", "engine", "device", "ms", "tflops",
+                     "gbps", "dense_tflops", "ratio"} on stdout, a table on stderr.
+                     No check runs; --check, --tol and --force do not apply.
+
 Without arguments: config 7b-n256 on a GPU; without a GPU the CPU reference
 backend on config 'tiny'.
 
@@ -197,8 +214,9 @@ Output: one JSON object per run on stdout; progress, per-tensor errors and a
 summary table on stderr.
 FLOPs: forward 6*T*K*H*I, backward 12*T*K*H*I for gated activations
 (4 and 8 for non-gated ones, whose up-projection has I columns, not 2I).
-Exit status: 0 all checks passed, 1 a check failed, 2 bad command line or a
-shape refused, 3 the library or CUDA reported an error (Unsupported included).
+Exit status: 0 all checks passed, 1 a check failed, 2 bad command line, a
+shape refused or --kernels without a GPU, 3 the library or CUDA reported an
+error (Unsupported included).
 )";
 }
 

@@ -31,6 +31,7 @@ struct Options {
   uint64_t seed = 1;
   double expert_bias_std = 0.5;
   bool force = false;
+  bool kernels = false;  // --kernels: each GPU kernel timed alone (kernels.hpp)
   bool list = false;
   bool help = false;
 };

@@ -34,6 +34,9 @@ enum class Field : uint32_t {
   DenseB1,
   DenseA2,
   DenseB2,
+  // --kernels: the layer's intermediates (H, A, Y, dH, A', dX~), filled once
+  // so that no timed kernel ever reads the NaN poison of a fresh buffer.
+  Scratch,
 };
 
 // BENCHMARK.md: x ~ N(0,1), weights ~ N(0, 0.02). Biases are larger than the

@@ -9,6 +9,8 @@
 #include <limits>
 #include <sstream>
 
+#include "configs.hpp"
+
 namespace sonicmoe::bench {
 
 namespace {
@@ -131,6 +133,59 @@ void print_table(std::ostream& os, const std::vector<RunResult>& results) {
     os << "device: " << results.front().device
        << "; TF/s = TFLOP/s with FLOPs 6/12*T*K*H*I (gated) or 4/8 (non-gated); "
           "act MiB = what forward keeps for backward\n";
+  os.flush();
+}
+
+std::string to_json(const KernelResult& r) {
+  std::ostringstream s;
+  s << "{\"config\": " << json_string(r.config) << ", \"kernel\": " << json_string(r.kernel)
+    << ", \"engine\": " << json_string(r.engine) << ", \"device\": " << json_string(r.device)
+    << ", \"ms\": " << json_number(r.ms) << ", \"tflops\": " << json_number(r.tflops)
+    << ", \"gbps\": " << json_number(r.gbps)
+    << ", \"dense_tflops\": " << json_number(r.dense_tflops)
+    << ", \"ratio\": " << json_number(r.ratio) << "}";
+  return s.str();
+}
+
+void print_kernel_table(std::ostream& os, const std::vector<KernelResult>& results) {
+  const char* head[] = {"config", "kernel", "ms",    "us",          "TF/s",
+                        "GB/s",   "dense TF/s", "ratio", "dense MxNxK", "paper H100 TF/s"};
+  const int width[] = {15, 19, 9, 9, 7, 7, 10, 5, 20, 15};
+  auto line = [&](const std::vector<std::string>& cells) {
+    for (size_t i = 0; i < cells.size(); ++i) {
+      if (i < 2) os << (i ? " " : "") << std::left << std::setw(width[i]) << cells[i];
+      else os << ' ' << std::right << std::setw(width[i]) << cells[i];
+    }
+    os << '\n';
+  };
+  line(std::vector<std::string>(std::begin(head), std::end(head)));
+  for (const auto& r : results)
+    line({r.config, r.kernel, fixed(r.ms, 4), fixed(r.ms * 1e3, 1), fixed(r.tflops, 1),
+          fixed(r.gbps, 0), fixed(r.dense_tflops, 1), fixed(r.ratio, 2),
+          r.dense_shape.empty() ? "-" : r.dense_shape, fixed(r.paper_tflops, 0)});
+  if (results.empty()) return;
+  os << "device: " << results.front().device << "; engine: " << results.front().engine
+     << "\nTF/s: 2 FLOPs per multiply-add of the routed pairs (tile padding not counted); "
+        "GB/s: the bytes each kernel must move at least (bench/kernels.cu); ratio = TF/s / "
+        "dense TF/s, cuBLAS bf16 on the same (M, N, K); L2 flushed before every run\n";
+  // The paper's single-kernel figures, for the configs it measured.
+  std::vector<std::string> quoted;
+  for (const auto& r : results) {
+    if (std::find(quoted.begin(), quoted.end(), r.config) != quoted.end()) continue;
+    quoted.push_back(r.config);
+    std::string targets;
+    for (const auto& t : kPaperKernelTargets) {
+      if (t.config != r.config) continue;
+      // Appended piece by piece: GCC 12 warns (-Wrestrict, falsely) on
+      // const char* + std::string here.
+      if (!targets.empty()) targets += "; ";
+      targets.append(t.what).append(" ").append(fixed(t.tflops, 0)).append(" TFLOPS");
+      if (!t.remark.empty()) targets.append(" ").append(t.remark);
+    }
+    if (!targets.empty())
+      os << "SonicMoE paper, H100, " << r.config << " (SwiGLU, no bias), single kernels: "
+         << targets << '\n';
+  }
   os.flush();
 }
 

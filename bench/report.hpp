@@ -34,6 +34,23 @@ std::string to_json(const RunResult& r);
 
 void print_table(std::ostream& os, const std::vector<RunResult>& results);
 
+// One kernel of --kernels, timed alone: a grouped GEMM (tflops, and the
+// dense cuBLAS product of the same M, N, K in the same run) or a
+// memory-bound kernel (gbps from the bytes it must move at least).
+struct KernelResult {
+  std::string config, kernel, engine, device;
+  double ms = 0;  // median
+  std::optional<double> tflops, gbps, dense_tflops, ratio;  // ratio = tflops / dense_tflops
+  std::string dense_shape;             // "MxNxK" of the dense reference, for the table
+  std::optional<double> paper_tflops;  // the SonicMoE paper's H100 figure, where it has one
+};
+
+// {"config", "kernel", "engine", "device", "ms", "tflops", "gbps",
+//  "dense_tflops", "ratio"}, null where not applicable; one line.
+std::string to_json(const KernelResult& r);
+
+void print_kernel_table(std::ostream& os, const std::vector<KernelResult>& results);
+
 // "[  1.2s] tiny/cpu: warm-up (5 runs)" on stderr, flushed.
 void progress(const std::string& tag, const std::string& message);
 

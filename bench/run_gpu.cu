@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-
 #include "check.hpp"
+#include "gpu_util.cuh"
 #include "layer.hpp"
 #include "random.hpp"
 #include "runner.hpp"
@@ -22,43 +22,7 @@ namespace sonicmoe::bench {
 
 namespace {
 
-void cuda_check(cudaError_t e, const char* what, int line) {
-  if (e != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + " (run_gpu.cu:" +
-                             std::to_string(line) + "): " + cudaGetErrorName(e) + ": " +
-                             cudaGetErrorString(e));
-}
-#define CUDA_CHECK(expr) cuda_check((expr), #expr, __LINE__)
-
-void cublas_check(cublasStatus_t s, const char* what, int line) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS error in ") + what + " (run_gpu.cu:" +
-                             std::to_string(line) + "): " + cublasGetStatusString(s));
-}
-#define CUBLAS_CHECK(expr) cublas_check((expr), #expr, __LINE__)
-
-std::string gib(double bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", bytes / (1u << 30));
-  return buf;
-}
-
 // ---------------------------------------------------------------- kernels --
-
-// Grid-stride loops with 64-bit indices: dsv3-685b's w1 has 7.5e9 elements.
-__global__ void fill_normal_kernel(__nv_bfloat16* out, int64_t n, uint64_t seed, Field field,
-                                   float std) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = __float2bfloat16_rn(std * normal_at(seed, field, uint64_t(i)));
-}
-
-__global__ void fill_logits_kernel(float* out, int64_t n, uint64_t seed, int64_t num_experts,
-                                   float expert_bias_std) {
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = logit_at(seed, uint64_t(i), num_experts, expert_bias_std);
-}
 
 // Rows of a bf16 or f32 tensor, widened to float on the device: the host
 // then only copies (a dsv3-685b expert slice is 44M elements).
@@ -72,23 +36,6 @@ __global__ void gather_rows_kernel(const T* src, int64_t cols, const int32_t* ro
   }
 }
 
-unsigned grid_for(int64_t n) {
-  static const int sms = [] {
-    int v = 0;
-    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, 0));
-    return v;
-  }();
-  const int64_t blocks = (n + 255) / 256;
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(sms) * 32)));
-}
-
-void fill_normal(const DevTensor& t, uint64_t seed, Field field, float std, cudaStream_t s) {
-  if (!t.t.present() || t.t.numel() == 0) return;
-  fill_normal_kernel<<<grid_for(t.t.numel()), 256, 0, s>>>(
-      static_cast<__nv_bfloat16*>(t.t.data), t.t.numel(), seed, field, std);
-  CUDA_CHECK(cudaGetLastError());
-}
-
 void fill_inputs(const BenchLayer& L, uint64_t seed, cudaStream_t s) {
   fill_normal(L.x, seed, Field::X, 1.0f, s);
   fill_normal(L.w1, seed, Field::W1, kWeightStd, s);
@@ -96,36 +43,10 @@ void fill_inputs(const BenchLayer& L, uint64_t seed, cudaStream_t s) {
   fill_normal(L.w2, seed, Field::W2, kWeightStd, s);
   fill_normal(L.b2, seed, Field::B2, kBiasStd, s);
   fill_normal(L.dout, seed, Field::Dout, 1.0f, s);
-  const int64_t n = L.logits.t.numel();
-  fill_logits_kernel<<<grid_for(n), 256, 0, s>>>(static_cast<float*>(L.logits.t.data), n, seed,
-                                                  L.problem().E,
-                                                  static_cast<float>(L.problem().expert_bias_std));
-  CUDA_CHECK(cudaGetLastError());
+  fill_logits(L.logits, seed, L.problem().E, static_cast<float>(L.problem().expert_bias_std), s);
 }
 
-// ------------------------------------------------------------ RAII + timing --
-
-struct StreamHandle {
-  cudaStream_t s = nullptr;
-  StreamHandle() { CUDA_CHECK(cudaStreamCreate(&s)); }
-  ~StreamHandle() { cudaStreamDestroy(s); }
-  StreamHandle(const StreamHandle&) = delete;
-  StreamHandle& operator=(const StreamHandle&) = delete;
-};
-
-struct EventPair {
-  cudaEvent_t start = nullptr, stop = nullptr;
-  EventPair() {
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-  }
-  ~EventPair() {
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-  }
-  EventPair(const EventPair&) = delete;
-  EventPair& operator=(const EventPair&) = delete;
-};
+// ------------------------------------------------------------------ timing --
 
 // Events around each run, all runs queued back to back and read after one
 // synchronisation, so that no host round trip sits between runs.

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# GPU test run for the device machine: the GPU suites on each engine. Full
+# logs go to $OUT/tests-<engine>.log; the tail shows failures and summaries.
+# Binaries come prebuilt in .dev/. Usage: tools/device_tests.sh [gtest filter]
+set -u
+filter=${1:-'Gpu*'}
+bin=.dev/sonicmoe_tests
+out=${OUT:-/tmp}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+for engine in portable hopper; do
+  SONICMOE_ENGINE=$engine timeout 300 $bin --gtest_filter="$filter" > "$out/tests-$engine.log" 2>&1
+  echo "== engine $engine: rc=$?"
+  grep -E "^\[  FAILED  \]|^\[  PASSED  \]|tests ran" "$out/tests-$engine.log" | sort -u | head -40
+done
