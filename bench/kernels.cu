@@ -61,7 +61,7 @@ const T* opt(const DevTensor& t) {
 // the dS partials, dX~).
 struct Buffers {
   DevTensor logits, scores, ids, counts, expert_offsets, token_offsets, sorted_token, sorted_pair,
-      pair_position, tile_offsets;
+      pair_position, tile_offsets, expert_order;
   DevTensor x, dout, w1, b1, w2, b2, out, dx, dw1, dw2, dscores;
   DevTensor h, a, y, dh, ap, ds_part, dxt;
   std::unique_ptr<Buffer> routing_ws;
@@ -79,6 +79,7 @@ struct Buffers {
     sorted_pair = make(dev, DType::I32, {N});
     pair_position = make(dev, DType::I32, {N});
     tile_offsets = make(dev, DType::I32, {E + 1});
+    expert_order = make(dev, DType::I32, {E});
     routing_ws = std::make_unique<Buffer>(dev, routing_ws_bytes);
 
     x = make(dev, DType::BF16, {T, d});
@@ -256,12 +257,14 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   cuda::routing_from_topk(B.ids.t, E, routing, routing_workspace, s);
   const auto* eoff = ptr<const int32_t>(B.expert_offsets);
   kernels::tile_offsets(eoff, E, engine.m_tile(), ptr<int32_t>(B.tile_offsets), s);
+  kernels::experts_by_load(eoff, E, ptr<int32_t>(B.expert_order), s);
   CUDA_CHECK(cudaStreamSynchronize(s));
   print_loads(tag, B, p);
 
   const gemm::LayerDims L{T, d, n, E, N, p.act};
   const gemm::RoutingPtrs r{eoff, ptr<const int32_t>(B.tile_offsets),
-                            ptr<const int32_t>(B.sorted_token), ptr<const int32_t>(B.sorted_pair)};
+                            ptr<const int32_t>(B.sorted_token), ptr<const int32_t>(B.sorted_pair),
+                            ptr<const int32_t>(B.expert_order)};
   const gemm::Weights W{ptr<const bf16_t>(B.w1), opt<bf16_t>(B.b1), ptr<const bf16_t>(B.w2),
                         opt<bf16_t>(B.b2)};
   const auto* x = ptr<const bf16_t>(B.x);

@@ -39,6 +39,27 @@ __global__ void __launch_bounds__(kScanThreads)
   if (threadIdx.x == 0) tiles[num_experts] = carry;
 }
 
+constexpr int kMaxRankedExperts = 4096;
+
+// Rank of expert e by descending load: how many experts come before it.
+__global__ void experts_by_load_kernel(const int32_t* __restrict__ offsets, int num_experts,
+                                       int32_t* __restrict__ order) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= num_experts) return;
+  if (num_experts > kMaxRankedExperts) {
+    order[e] = e;
+    return;
+  }
+  auto load = [&](int f) { return max(0, offsets[f + 1] - offsets[f]); };
+  const int mine = load(e);
+  int rank = 0;
+  for (int f = 0; f < num_experts; ++f) {
+    const int other = load(f);
+    rank += other > mine || (other == mine && f < e);
+  }
+  order[rank] = e;
+}
+
 // One CTA per token; each thread owns 8 consecutive columns (one 16-byte
 // vector) per step.
 constexpr int kAggThreads = 128;
@@ -149,6 +170,15 @@ void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile
   tile_offsets_kernel<<<1, kScanThreads, 0, stream>>>(expert_offsets, static_cast<int>(num_experts),
                                                       m_tile, tiles);
   check_launch("tile_offsets");
+}
+
+void experts_by_load(const int32_t* expert_offsets, int64_t num_experts, int32_t* order,
+                     cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const unsigned blocks = static_cast<unsigned>((num_experts + kThreads - 1) / kThreads);
+  experts_by_load_kernel<<<blocks, kThreads, 0, stream>>>(expert_offsets,
+                                                          static_cast<int>(num_experts), order);
+  check_launch("experts_by_load");
 }
 
 void aggregate_rows(const bf16_t* src, const float* scores, const int32_t* token_offsets,

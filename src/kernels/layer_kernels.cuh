@@ -17,6 +17,12 @@ using bf16_t = __nv_bfloat16;
 void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile,
                   int32_t* tile_offsets, cudaStream_t stream);
 
+// order[r] = the expert with the r-th largest load (ties: lower id first),
+// the listing order of grouped-K tiles. Identity beyond 4096 experts, where
+// the quadratic ranking would cost more than the imbalance it removes.
+void experts_by_load(const int32_t* expert_offsets, int64_t num_experts, int32_t* order,
+                     cudaStream_t stream);
+
 // out[t] = sum over the token's pairs i of w_i * src[pair_position[i]], in
 // pair order with fp32 accumulation; w = scores, or 1 when scores is null.
 // Pairs with an invalid position (dropped by routing) contribute nothing.

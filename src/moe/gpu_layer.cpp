@@ -2,7 +2,8 @@
 //   tile_offsets -> up_proj (H kept, A temporary) -> down_proj (Y temporary)
 //   -> aggregate O[t] = sum_k s Y.
 // Backward:
-//   tile_offsets -> dh (dH, A' = s A, dS partials) -> reduce dS (+ bias term)
+//   tile_offsets, experts by load -> dh (dH, A' = s A, dS partials)
+//   -> reduce dS (+ bias term)
 //   -> dw2 (varlen-K over dO[gather], A') -> db2 -> dx_tilde (dX~ = dH W1)
 //   -> dw1 (varlen-K over dH, X[gather]) -> db1 -> aggregate dX[t] = sum dX~.
 // Every temporary comes from the workspace; nothing synchronises with the host.
@@ -51,6 +52,7 @@ ForwardBuffers carve_forward(WorkspaceCarver& w, const MoeProblem& p) {
 
 struct BackwardBuffers {
   int32_t* tile_offsets;
+  int32_t* expert_order;
   bf16_t* dh;
   bf16_t* ap;
   float* ds_part;
@@ -60,6 +62,7 @@ BackwardBuffers carve_backward(WorkspaceCarver& w, const MoeProblem& p) {
   const int64_t R = is_gated(p.activation) ? 2 * p.intermediate : p.intermediate;
   BackwardBuffers b;
   b.tile_offsets = w.take<int32_t>(p.num_experts + 1);
+  b.expert_order = w.take<int32_t>(p.num_experts);
   b.dh = w.take<bf16_t>(p.num_pairs * R);
   b.ap = w.take<bf16_t>(p.num_pairs * p.intermediate);
   // Sized for the narrowest N tile any engine uses, so that the size query
@@ -69,9 +72,10 @@ BackwardBuffers carve_backward(WorkspaceCarver& w, const MoeProblem& p) {
   return b;
 }
 
-gemm::RoutingPtrs routing_ptrs(const Routing& r, const int32_t* tile_offsets) {
+gemm::RoutingPtrs routing_ptrs(const Routing& r, const int32_t* tile_offsets,
+                               const int32_t* expert_order = nullptr) {
   return {ptr<const int32_t>(r.expert_offsets), tile_offsets, ptr<const int32_t>(r.sorted_token),
-          ptr<const int32_t>(r.sorted_pair)};
+          ptr<const int32_t>(r.sorted_pair), expert_order};
 }
 
 }  // namespace
@@ -123,7 +127,8 @@ void backward(gemm::Engine& engine, const MoeBackwardArgs& a, const MoeProblem& 
   const auto* x = ptr<const bf16_t>(a.x);
 
   kernels::tile_offsets(eoff, p.num_experts, engine.m_tile(), b.tile_offsets, st);
-  const gemm::RoutingPtrs r = routing_ptrs(a.routing, b.tile_offsets);
+  kernels::experts_by_load(eoff, p.num_experts, b.expert_order, st);
+  const gemm::RoutingPtrs r = routing_ptrs(a.routing, b.tile_offsets, b.expert_order);
 
   engine.dh(L, r, W, dout, ptr<const bf16_t>(a.h), scores, b.dh, b.ap, b.ds_part, st);
   kernels::reduce_dscores(b.ds_part, static_cast<int>(dh_tiles(engine, p)), ppos, stok, eoff, dout,

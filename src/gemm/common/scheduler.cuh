@@ -9,8 +9,10 @@
 // Grouping::K (dW1, dW2): every expert has the same M x N output and a
 //   reduction over its own rows, so the tile count is static.
 //
-// CTAs walk the tile list with stride gridDim.x; consecutive tile ids share
-// an M tile (its gathered rows stay in L2) and one expert's weights.
+// CTAs walk the tile list in waves (tile_of); consecutive tile ids share an
+// M tile (its gathered rows stay in L2) and one expert's weights. Grouped-K
+// tiles cost what their expert's load is, which varies by 100x across
+// experts: they are listed heaviest expert first (expert_order).
 #pragma once
 
 #include <cstdint>
@@ -36,7 +38,17 @@ struct Schedule {
   int n_tiles, m_tiles;            // m_tiles: Grouping::K only
   const int32_t* expert_offsets;   // [E+1]
   const int32_t* tile_offsets;     // [E+1], Grouping::M only
+  const int32_t* expert_order;     // Grouping::K: experts by descending load, or null
 };
+
+// The id of a CTA's k-th tile: waves of gridDim.x tiles, walked left to
+// right on even waves and right to left on odd ones. With tiles in
+// descending cost (expert_order), every CTA then takes one tile of each cost
+// band, heavy and light alternating, instead of the heavy end of every wave.
+__device__ __forceinline__ int tile_of(int k) {
+  const int g = gridDim.x, b = blockIdx.x;
+  return k * g + ((k & 1) ? g - 1 - b : b);
+}
 
 template <Grouping G, int kBM, int kBN>
 struct Scheduler {
@@ -68,7 +80,7 @@ struct Scheduler {
       t.k_first = 0;
       t.k_len = s.K;
     } else {
-      t.expert = mt / s.m_tiles;
+      t.expert = s.expert_order ? __ldg(s.expert_order + mt / s.m_tiles) : mt / s.m_tiles;
       t.m0 = static_cast<int64_t>(mt % s.m_tiles) * kBM;
       t.rows = static_cast<int>(min(static_cast<int64_t>(kBM), s.M - t.m0));
       t.k_first = max(0, __ldg(s.expert_offsets + t.expert));

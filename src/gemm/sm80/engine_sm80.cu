@@ -75,6 +75,7 @@ Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t 
   s.N = N;
   s.positions = L.N;
   s.m_tiles = static_cast<int>(ceil_div(M, kBM));
+  s.expert_order = r.expert_order;
   s.n_tiles = static_cast<int>(ceil_div(N, kBN));
   s.expert_offsets = r.expert_offsets;
   return s;

@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   extern __shared__ __align__(1024) char smem[];
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
-  for (int id = blockIdx.x; id < total; id += gridDim.x) {
+  for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
     const Tile t = sched.at(id);
     Accum acc;
     Mainloop<G, MA, MB, kGatherA>::run(args, t, smem, acc);

@@ -68,7 +68,10 @@ class KMajorLoader {
 class MNMajorLoader {
  public:
   // k-row j of the tile is stored row first_row + k0 + j, valid while
-  // k0 + j < k_rows; columns col0 .. are valid below col_extent.
+  // k0 + j < k_rows; columns col0 .. are valid below col_extent. Loads must
+  // come with k0 = 0, kBK, 2 kBK, ...: each load fetches the gather indices
+  // of the next one, so that their latency hides behind a stage of MMAs
+  // instead of stalling the thread right before its copies.
   __device__ void init(const Operand& op, int expert, int64_t first_row, int64_t k_rows,
                        int64_t col0, int64_t col_extent) {
     const int64_t col = col0 + (threadIdx.x & 15) * 8;
@@ -76,32 +79,42 @@ class MNMajorLoader {
     // Fold everything fixed for the tile into one base pointer: the loader
     // lives across the K loop, and registers are what the mainloop is short of.
     base_ = op.ptr + expert * op.expert_stride + col;
-    ld_ = op.ld;
+    ld_ = static_cast<int>(op.ld);
     gather_ = op.gather ? op.gather + first_row : nullptr;
     if (!op.gather) base_ += first_row * op.ld;
     max_row_ = static_cast<int>(op.rows - 1);
     k_rows_ = static_cast<int>(k_rows);
+    fetch_rows(0);
   }
 
-  __device__ void load(uint32_t smem, int64_t k0) const {
+  __device__ void load(uint32_t smem, int64_t k0) {
     const int c = threadIdx.x & 15;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int kr = static_cast<int>(k0) + (threadIdx.x >> 4) + 16 * i;
-      const bool ok = col_ok_ && kr < k_rows_;
-      int64_t row = kr;
-      if (gather_ && ok) row = min(max(__ldg(gather_ + kr), 0), max_row_);
+      const int j = (threadIdx.x >> 4) + 16 * i;
+      const bool ok = col_ok_ && static_cast<int>(k0) + j < k_rows_;
       // With a source size of 0 nothing is read: base_ only has to be an address.
-      arch::cp_async_16(mn_addr(smem, kr - static_cast<int>(k0), c * 8),
-                        ok ? base_ + row * ld_ : base_, ok ? 16u : 0u);
+      arch::cp_async_16(mn_addr(smem, j, c * 8), ok ? base_ + rows_[i] * static_cast<int64_t>(ld_) : base_,
+                        ok ? 16u : 0u);
     }
+    fetch_rows(static_cast<int>(k0) + kBK);
   }
 
  private:
+  __device__ void fetch_rows(int k0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int kr = k0 + (threadIdx.x >> 4) + 16 * i;
+      rows_[i] = kr;
+      if (gather_ && kr < k_rows_) rows_[i] = min(max(__ldg(gather_ + kr), 0), max_row_);
+    }
+  }
+
   const bf16_t* base_;
-  int64_t ld_;
+  int ld_;  // a row width in elements: far below 2^31
   const int32_t* gather_;
   int max_row_, k_rows_;
+  int rows_[4];  // stored rows of the next load
   bool col_ok_;
 };
 

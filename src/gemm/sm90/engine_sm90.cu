@@ -1,7 +1,7 @@
 // The Hopper engine: the six products on TMA + wgmma (compiled for sm_90a only).
 //
-// Instantiations (G: grouping; A/B: majorness and source; 128 x 128 tiles,
-// 5 stages of 32 KiB):
+// Instantiations (G: grouping; A/B: majorness and source; 128 x 256 tiles,
+// 4 stages of 48 KiB):
 //   up_proj   M  A=X[gather] K Copy   B=W1_e K Tma    UpProjEpilogue<act> x 7
 //   down_proj M  A=A         K Tma    B=W2_e K Tma    StoreEpilogue
 //   dh        M  A=dO[gather] K Copy  B=W2_e MN Tma   DHEpilogue<act> x 7
@@ -21,8 +21,10 @@ namespace {
 
 using namespace sm90;
 
-constexpr int kBN = 128;
-constexpr int kStages = 5;
+// Tile widths: 256 columns halve the re-reads of the row operand (gathered
+// X or dO, or the activations) against 128; the L2 -> SM traffic of 128 x 128
+// tiles caps the layer well below the tensor cores (docs/NOTES.md).
+constexpr int kWideN = 256, kWideStages = 4;
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
@@ -40,7 +42,7 @@ int sm_count() {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <Grouping G, Major MA, Src SA, Major MB, Src SB, class Epi>
+template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
@@ -57,7 +59,7 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
   check_launch(what);
 }
 
-Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t K) {
+Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t K, int kBN) {
   Schedule s{};
   s.num_experts = static_cast<int>(L.E);
   s.N = N;
@@ -69,13 +71,14 @@ Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t 
   return s;
 }
 
-Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t N) {
+Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t N, int kBN) {
   Schedule s{};
   s.num_experts = static_cast<int>(L.E);
   s.M = M;
   s.N = N;
   s.positions = L.N;
   s.m_tiles = static_cast<int>(ceil_div(M, kBM));
+  s.expert_order = r.expert_order;
   s.n_tiles = static_cast<int>(ceil_div(N, kBN));
   s.expert_offsets = r.expert_offsets;
   return s;
@@ -95,16 +98,16 @@ class HopperEngine final : public Engine {
  public:
   const char* name() const override { return "hopper-sm90a"; }
   int m_tile() const override { return kBM; }
-  int dh_n_tile() const override { return kBN; }
+  int dh_n_tile() const override { return kWideN; }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{}, grouped_m(L, r, R, L.d)};
-    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kBN);
+    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{}, grouped_m(L, r, R, L.d, kWideN)};
+    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN);
     act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, UpProjEpilogue<A>>(
+      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kWideN, kWideStages, UpProjEpilogue<A>>(
           "up_proj", g, kNoMap, mb, {h, a, w.b1, L.n}, m_bound(L, g.schedule), st);
     });
   }
@@ -112,10 +115,10 @@ class HopperEngine final : public Engine {
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
     if (L.N == 0) return;
-    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, L.n)};
+    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, L.n, kWideN)};
     const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
-    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kBN);
-    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, StoreEpilogue>(
+    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN);
+    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
         "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, m_bound(L, g.schedule), st);
   }
 
@@ -124,10 +127,10 @@ class HopperEngine final : public Engine {
           cudaStream_t st) override {
     if (L.N == 0) return;
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
-                     grouped_m(L, r, L.n, L.d)};
+                     grouped_m(L, r, L.n, L.d, kWideN)};
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
     act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, DHEpilogue<A>>(
+      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages, DHEpilogue<A>>(
           "dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
           m_bound(L, g.schedule), st);
     });
@@ -137,18 +140,18 @@ class HopperEngine final : public Engine {
                 bf16_t* dxt, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, R)};
+    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, R, kWideN)};
     const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, StoreEpilogue>(
+    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
         "dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr}, m_bound(L, g.schedule), st);
   }
 
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
-                     grouped_k(L, r, L.d, L.n)};
-    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, StoreEpilogue>(
+                     grouped_k(L, r, L.d, L.n, kWideN)};
+    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, kWideN, kWideStages, StoreEpilogue>(
         "dw2", g, kNoMap, kNoMap, {dw2, L.n, L.d * L.n, nullptr},
         L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
   }
@@ -157,8 +160,8 @@ class HopperEngine final : public Engine {
            bf16_t* dw1, cudaStream_t st) override {
     const int64_t R = L.R();
     const GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
-                     grouped_k(L, r, R, L.d)};
-    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, StoreEpilogue>(
+                     grouped_k(L, r, R, L.d, kWideN)};
+    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, kWideN, kWideStages, StoreEpilogue>(
         "dw1", g, kNoMap, kNoMap, {dw1, L.d, R * L.d, nullptr},
         L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
   }

@@ -39,8 +39,10 @@ namespace hw = arch::sm90;
 
 inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 384;
-inline constexpr int kProducerRegs = 72, kConsumerRegs = 216;
-inline constexpr int kEpilogueBarrier = 1;
+inline constexpr int kProducerRegs = 96, kConsumerRegs = 200;
+// Named barriers (0 is __syncthreads'): the consumers' epilogue, and the
+// producer's staging of gathered row indices.
+inline constexpr int kEpilogueBarrier = 1, kProducerBarrier = 2;
 static_assert(kProducerRegs * 128 + kConsumerRegs * 256 <= 65536, "register file of one SM");
 
 // How an operand's stage arrives in shared memory.
@@ -110,7 +112,8 @@ struct Kernel {
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
   static constexpr int kEpiBytes = Epi::template smem_bytes<kBM>();
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes +
-                                    kEpiBytes + 2 * kStages * 8 /* barriers */;
+                                    kEpiBytes + 2 * kStages * 8 /* barriers */ +
+                                    4 * kBK * 4 /* gathered row indices */;
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
   static_assert(MB == Major::K || kBN % 64 == 0);
@@ -120,6 +123,7 @@ struct Kernel {
     char* epi;
     uint64_t* full;
     uint64_t* empty;
+    int* rows;  // [operand][parity][kBK]: gathered rows of a grouped-K stage's k-rows
   };
 
   __device__ static Smem carve(char* raw) {
@@ -129,36 +133,69 @@ struct Kernel {
     s.epi = base + kStages * kStageBytes;
     s.full = reinterpret_cast<uint64_t*>(s.epi + kEpiBytes);
     s.empty = s.full + kStages;
+    s.rows = reinterpret_cast<int*>(s.empty + kStages);
     return s;
   }
 
   // ------------------------------------------------------------ producer --
-  // Rows of a K-major A tile by cp.async: thread t copies row t's 64 k.
-  __device__ static void copy_k_major(uint32_t dst, const bf16_t* row, bool row_ok, int64_t k0,
-                                      int64_t k_extent) {
-    const int t = threadIdx.x;
+  // Copies are laid out so that 8 consecutive lanes read the 8 chunks of one
+  // 128-byte row piece: a warp instruction then touches 4 whole cache lines.
+  // (One thread per row, looping over its chunks, touches 32 half-sectors
+  // per instruction instead and doubles the L2 traffic: docs/NOTES.md.)
+
+  // K-major A tile by cp.async: rows are fixed for the tile; thread t copies
+  // chunk t % 8 of rows t / 8 + 16 i, i < 8, whose row pointers `rows` holds.
+  __device__ static void copy_k_major(uint32_t dst, const bf16_t* const (&rows)[8], int valid,
+                                      int64_t k0, int64_t k_extent) {
+    const int c = threadIdx.x & 7;
+    const bool col_ok = k0 + c * 8 < k_extent;
 #pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      const bool ok = row_ok && k0 + c * 8 < k_extent;
-      arch::cp_async_16(dst + swz(t, c), ok ? row + k0 + c * 8 : row, ok ? 16u : 0u);
+    for (int i = 0; i < 8; ++i) {
+      const int r = (threadIdx.x >> 3) + 16 * i;
+      const bool ok = col_ok && r < valid;
+      arch::cp_async_16(dst + swz(r, c), ok ? rows[i] + k0 + c * 8 : rows[0], ok ? 16u : 0u);
     }
   }
 
-  // 64 k-rows x 128 columns by cp.async: thread t copies half b = t % 2 of
-  // k-row t / 2 (one 64-column block).
+  // 64 k-rows x kCols columns by cp.async, as kCols / 64 blocks of 64 rows x
+  // 64 columns; chunk c of block b of k-row j is copied by the thread whose
+  // index, plus 128 i, is (j * kBlocks + b) * 8 + c. Gathered rows come from
+  // `rows` (staged in shared memory by stage_rows), others are first_row + j.
+  template <int kCols>
   __device__ static void copy_mn_major(uint32_t dst, const Operand& op, int expert,
-                                       int64_t first_row, int64_t k_rows, int64_t k0,
-                                       int64_t col0, int64_t col_extent) {
-    const int j = threadIdx.x >> 1, b = threadIdx.x & 1;
-    const int64_t col = col0 + b * 64;
-    const bool row_ok = k0 + j < k_rows;
-    const bf16_t* row = row_ok ? operand_row(op, expert, first_row + k0 + j) : op.ptr;
+                                       const int* rows, int64_t first_row, int64_t k_rows,
+                                       int64_t k0, int64_t col0, int64_t col_extent) {
+    constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
+    const int c = threadIdx.x & 7;
+    const bf16_t* base = op.ptr + expert * op.expert_stride;
 #pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      const bool ok = row_ok && col + c * 8 < col_extent;
-      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row + col + c * 8 : op.ptr,
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = (threadIdx.x >> 3) + 16 * i, j = idx / kBlocks, b = idx % kBlocks;
+      const int64_t col = col0 + b * 64 + c * 8;
+      const bool ok = k0 + j < k_rows && col < col_extent;
+      const int64_t row = rows ? int64_t{rows[j]} : first_row + k0 + j;
+      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? base + row * op.ld + col : op.ptr,
                         ok ? 16u : 0u);
     }
+  }
+
+  // The gathered rows of a grouped-K stage, looked up once by 64 threads and
+  // shared through shared memory: one gather latency per stage instead of
+  // one per copy. Double-buffered by stage parity; the barrier orders each
+  // buffer's writes before its reads, and a buffer is rewritten only after
+  // every thread has passed the next stage's barrier.
+  __device__ static const int* stage_rows(const Operand& op, int operand, const Smem& sm, int it,
+                                          int64_t first_row, int64_t k_rows, int64_t k0) {
+    if (!op.gather) return nullptr;
+    int* rows = sm.rows + (operand * 2 + (it & 1)) * kBK;
+    if (threadIdx.x < kBK) {
+      const int64_t kr = k0 + threadIdx.x;
+      rows[threadIdx.x] =
+          kr < k_rows ? min(max(__ldg(op.gather + first_row + kr), 0), static_cast<int>(op.rows - 1))
+                      : 0;
+    }
+    hw::named_sync(kProducerBarrier, 128);
+    return rows;
   }
 
   __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
@@ -167,15 +204,17 @@ struct Kernel {
     const int total = sched.total();
     const bool leader = threadIdx.x == 0;
     int it = 0;
-    for (int id = blockIdx.x; id < total; id += gridDim.x) {
+    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       // K-major gathered A rows are fixed for the tile: resolve once.
-      const bf16_t* a_row = g.a.ptr;
-      bool a_row_ok = false;
+      const bf16_t* a_rows[8];
       if constexpr (G == Grouping::M && SA == Src::Copy) {
-        a_row_ok = static_cast<int>(threadIdx.x) < t.rows;
-        if (a_row_ok) a_row = operand_row(g.a, t.expert, t.m0 + threadIdx.x);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int r = (threadIdx.x >> 3) + 16 * i;
+          a_rows[i] = r < t.rows ? operand_row(g.a, t.expert, t.m0 + r) : g.a.ptr;
+        }
       }
       for (int kt = 0; kt < ktiles; ++kt, ++it) {
         const int s = it % kStages;
@@ -202,10 +241,14 @@ struct Kernel {
         }
         if constexpr (kAnyCopy) {
           if constexpr (G == Grouping::M) {
-            copy_k_major(a_dst, a_row, a_row_ok, k0, g.schedule.K);
+            copy_k_major(a_dst, a_rows, t.rows, k0, g.schedule.K);
           } else {
-            copy_mn_major(a_dst, g.a, t.expert, t.k_first, t.k_len, k0, t.m0, g.schedule.M);
-            copy_mn_major(b_dst, g.b, t.expert, t.k_first, t.k_len, k0, t.n0, g.schedule.N);
+            const int* a_rows_s = stage_rows(g.a, 0, sm, it, t.k_first, t.k_len, k0);
+            const int* b_rows_s = stage_rows(g.b, 1, sm, it, t.k_first, t.k_len, k0);
+            copy_mn_major<kBM>(a_dst, g.a, t.expert, a_rows_s, t.k_first, t.k_len, k0, t.m0,
+                               g.schedule.M);
+            copy_mn_major<kBN>(b_dst, g.b, t.expert, b_rows_s, t.k_first, t.k_len, k0, t.n0,
+                               g.schedule.N);
           }
           hw::cp_async_mbar_arrive(sm.full + s);
         }
@@ -233,7 +276,7 @@ struct Kernel {
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kBN / 2];
     int it = 0;
-    for (int id = blockIdx.x; id < total; id += gridDim.x) {
+    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
 #pragma unroll
