@@ -9,6 +9,10 @@
 //   F::kColGroups        thread groups holding different columns of one row;
 //                        f.col_group() this thread's (row reductions combine
 //                        groups in this fixed order)
+//   f.for_each_chunk8(fn) fn(slot, row, col, v[8]) with 8 consecutive columns
+//                        from col (a multiple of 8): the same values as
+//                        for_each_pair, regrouped across the 4 lanes of a quad
+//                        (quad_transpose) so that stores are 16 bytes wide
 //   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
 //                        over exactly them
 // Rows past the tile's valid rows and columns past N are never written.
@@ -25,6 +29,52 @@
 #include "gemm/common/scheduler.cuh"
 
 namespace sonicmoe::gemm {
+
+// The accumulator fragments of mma.sync m16n8 and wgmma m64nN share one
+// layout: lane q of a quad holds columns 8j + 2q, 8j + 2q + 1 of its row for
+// every 8-column group j. Given the pairs p[j] of 4 consecutive groups
+// j0 .. j0+3, leaves lane q with the 8 consecutive columns of group j0 + q.
+// Round r exchanges with lane q ^ r, which sends its pair of group q; all
+// register choices are selects on the lane, so nothing is indexed at run time.
+__device__ __forceinline__ float2 pick(const float2 (&v)[4], int i) {
+  float2 x = v[0];
+  x = i == 1 ? v[1] : x;
+  x = i == 2 ? v[2] : x;
+  return i == 3 ? v[3] : x;
+}
+
+__device__ __forceinline__ void quad_transpose(const float2 (&p)[4], float (&out)[8]) {
+  const int q = threadIdx.x & 3;
+  float2 got[4];  // got[r]: the pair at position q ^ r of the 8 columns
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const float2 v = pick(p, q ^ r);  // as a sender: what reader q ^ r wants
+    got[r].x = __shfl_xor_sync(0xffffffffu, v.x, r);
+    got[r].y = __shfl_xor_sync(0xffffffffu, v.y, r);
+  }
+#pragma unroll
+  for (int pos = 0; pos < 4; ++pos) {
+    const float2 v = pick(got, pos ^ q);
+    out[2 * pos] = v.x;
+    out[2 * pos + 1] = v.y;
+  }
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
+  return uint4{arch::pack_bf16x2(v[0], v[1]), arch::pack_bf16x2(v[2], v[3]),
+               arch::pack_bf16x2(v[4], v[5]), arch::pack_bf16x2(v[6], v[7])};
+}
+
+__device__ __forceinline__ void add_bias8(float (&v)[8], const bf16_t* bias) {
+  const uint4 b = *reinterpret_cast<const uint4*>(bias);
+  const uint32_t w[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = arch::unpack_bf16x2(w[i]);
+    v[2 * i] += f.x;
+    v[2 * i + 1] += f.y;
+  }
+}
 
 template <class E>
 concept EpiloguePolicy = requires {
@@ -50,15 +100,11 @@ struct StoreEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     bf16_t* out = p.out + t.expert * p.expert_stride;
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
-    f.for_each_pair([&](int, int r, int c, float v0, float v1) {
+    f.for_each_chunk8([&](int, int r, int c, float (&v)[8]) {
       const int64_t col = t.n0 + c;
-      if (r >= t.rows || col >= s.N) return;
-      if (bias) {
-        const float2 b = arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(bias + col));
-        v0 += b.x;
-        v1 += b.y;
-      }
-      *reinterpret_cast<uint32_t*>(out + (t.m0 + r) * p.ld + col) = arch::pack_bf16x2(v0, v1);
+      if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
+      if (bias) add_bias8(v, bias + col);
+      *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = pack8(v);
     });
   }
 };
@@ -83,21 +129,22 @@ struct UpProjEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
-    f.for_each_pair([&](int, int r, int c, float v0, float v1) {
+    f.for_each_chunk8([&](int, int r, int c, float (&v)[8]) {
       const int64_t col = t.n0 + c;
-      if (r >= t.rows || col >= R) return;
-      if (bias) {
-        const float2 b = arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(bias + col));
-        v0 += b.x;
-        v1 += b.y;
-      }
+      if (r >= t.rows || col >= R) return;  // R is a multiple of 8: whole chunks
+      if (bias) add_bias8(v, bias + col);
       const int64_t row = t.m0 + r;
-      if (p.h) *reinterpret_cast<uint32_t*>(p.h + row * R + col) = arch::pack_bf16x2(v0, v1);
+      if (p.h) *reinterpret_cast<uint4*>(p.h + row * R + col) = pack8(v);
       if constexpr (is_gated(Act)) {
-        p.a[row * p.n + col / 2] = __float2bfloat16_rn(act::gated<Act>(v0, v1));
+        // (gate, up) pairs -> 4 consecutive A columns from col / 2.
+        *reinterpret_cast<uint2*>(p.a + row * p.n + col / 2) =
+            uint2{arch::pack_bf16x2(act::gated<Act>(v[0], v[1]), act::gated<Act>(v[2], v[3])),
+                  arch::pack_bf16x2(act::gated<Act>(v[4], v[5]), act::gated<Act>(v[6], v[7]))};
       } else {
-        *reinterpret_cast<uint32_t*>(p.a + row * p.n + col) =
-            arch::pack_bf16x2(act::inner<Act>(v0), act::inner<Act>(v1));
+        float a[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) a[i] = act::inner<Act>(v[i]);
+        *reinterpret_cast<uint4*>(p.a + row * p.n + col) = pack8(a);
       }
     });
   }

@@ -135,6 +135,25 @@ struct FragView {
   __device__ int thread() const { return threadIdx.x; }
   __device__ void sync() const { __syncthreads(); }
 
+  // The warp's 4 n8 tiles are one group of 4: lane q gets columns wn + 8q ...
+  template <class Fn>
+  __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * kWarpN;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float2 p[4] = {{acc[i][0][2 * h], acc[i][0][2 * h + 1]},
+                             {acc[i][1][2 * h], acc[i][1][2 * h + 1]},
+                             {acc[i][2][2 * h], acc[i][2][2 * h + 1]},
+                             {acc[i][3][2 * h], acc[i][3][2 * h + 1]}};
+        float v[8];
+        quad_transpose(p, v);
+        fn(i * 2 + h, wm + i * 16 + (lane >> 2) + h * 8, wn + 8 * (lane & 3), v);
+      }
+  }
+
   template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -82,6 +82,24 @@ struct FragView {
   __device__ void sync() const { hw::named_sync(kEpilogueBarrier, kThreads); }
 
   template <class Fn>
+  __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
+    const int lane = threadIdx.x & 31;
+    const int r0 = wg_row() + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
+#pragma unroll
+    for (int g = 0; g < kBN / 32; ++g)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float2 p[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          p[j] = float2{acc[4 * (4 * g + j) + 2 * h], acc[4 * (4 * g + j) + 2 * h + 1]};
+        float v[8];
+        quad_transpose(p, v);
+        fn(h, r0 + h * 8, 32 * g + 8 * (lane & 3), v);
+      }
+  }
+
+  template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
     const int lane = threadIdx.x & 31;
     const int r0 = wg_row() + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
