@@ -189,35 +189,48 @@ struct DHEpilogue {
     f.sync();
 
     float ds[F::kSlots] = {};
-    f.for_each_pair([&](int slot, int r, int c, float d0, float d1) {
+    f.for_each_chunk8([&](int slot, int r, int c, float (&d)[8]) {
       const int64_t col = t.n0 + c;
-      if (r >= t.rows || col >= n) return;
+      if (r >= t.rows || col >= n) return;  // n is a multiple of 8: whole chunks
       const int64_t row = t.m0 + r;
       const float sc = score[r];
+      float ap[8];
       if constexpr (is_gated(Act)) {
-        // H columns 2j .. 2j+3: (g_j, u_j, g_{j+1}, u_{j+1}).
-        const uint2 hv = *reinterpret_cast<const uint2*>(p.h + row * R + 2 * col);
-        const float2 gu0 = arch::unpack_bf16x2(hv.x), gu1 = arch::unpack_bf16x2(hv.y);
-        const float a0 = act::gated<Act>(gu0.x, gu0.y), a1 = act::gated<Act>(gu1.x, gu1.y);
-        ds[slot] += d0 * a0 + d1 * a1;
-        float dg0, du0, dg1, du1;
-        act::gated_grad<Act>(gu0.x, gu0.y, sc * d0, dg0, du0);
-        act::gated_grad<Act>(gu1.x, gu1.y, sc * d1, dg1, du1);
-        uint2 out;
-        out.x = arch::pack_bf16x2(dg0, du0);
-        out.y = arch::pack_bf16x2(dg1, du1);
-        *reinterpret_cast<uint2*>(p.dh + row * R + 2 * col) = out;
-        *reinterpret_cast<uint32_t*>(p.ap + row * n + col) = arch::pack_bf16x2(sc * a0, sc * a1);
+        // H columns 2 col .. 2 col + 15: (g_j, u_j) for the 8 A columns.
+        const uint4* hp = reinterpret_cast<const uint4*>(p.h + row * R + 2 * col);
+        const uint4 h0 = hp[0], h1 = hp[1];
+        const uint32_t hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+        uint32_t dw[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float2 gu = arch::unpack_bf16x2(hw[i]);
+          const float a = act::gated<Act>(gu.x, gu.y);
+          ds[slot] += d[i] * a;
+          float dg, du;
+          act::gated_grad<Act>(gu.x, gu.y, sc * d[i], dg, du);
+          dw[i] = arch::pack_bf16x2(dg, du);
+          ap[i] = sc * a;
+        }
+        uint4* dp = reinterpret_cast<uint4*>(p.dh + row * R + 2 * col);
+        dp[0] = uint4{dw[0], dw[1], dw[2], dw[3]};
+        dp[1] = uint4{dw[4], dw[5], dw[6], dw[7]};
       } else {
-        const float2 hv =
-            arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(p.h + row * R + col));
-        const float a0 = act::inner<Act>(hv.x), a1 = act::inner<Act>(hv.y);
-        ds[slot] += d0 * a0 + d1 * a1;
-        *reinterpret_cast<uint32_t*>(p.dh + row * R + col) =
-            arch::pack_bf16x2(sc * d0 * act::inner_grad<Act>(hv.x),
-                              sc * d1 * act::inner_grad<Act>(hv.y));
-        *reinterpret_cast<uint32_t*>(p.ap + row * n + col) = arch::pack_bf16x2(sc * a0, sc * a1);
+        const uint4 hv = *reinterpret_cast<const uint4*>(p.h + row * R + col);
+        const uint32_t hw[4] = {hv.x, hv.y, hv.z, hv.w};
+        float dh[8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 x = arch::unpack_bf16x2(hw[i]);
+          const float a0 = act::inner<Act>(x.x), a1 = act::inner<Act>(x.y);
+          ds[slot] += d[2 * i] * a0 + d[2 * i + 1] * a1;
+          dh[2 * i] = sc * d[2 * i] * act::inner_grad<Act>(x.x);
+          dh[2 * i + 1] = sc * d[2 * i + 1] * act::inner_grad<Act>(x.y);
+          ap[2 * i] = sc * a0;
+          ap[2 * i + 1] = sc * a1;
+        }
+        *reinterpret_cast<uint4*>(p.dh + row * R + col) = pack8(dh);
       }
+      *reinterpret_cast<uint4*>(p.ap + row * n + col) = pack8(ap);
     });
 
     // The 4 lanes of a quad share a row: reduce them, then the column groups.

@@ -6,8 +6,8 @@
 //   down_proj M  A=A         K Tma    B=W2_e K Tma    StoreEpilogue
 //   dh        M  A=dO[gather] K Copy  B=W2_e MN Tma   DHEpilogue<act> x 7
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
-//   dw2       K  A=dO[gather] MN Copy B=A'   MN Copy  StoreEpilogue
-//   dw1       K  A=dH        MN Copy  B=X[gather] MN Copy StoreEpilogue
+//   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
+//   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue
 #include <algorithm>
 #include <string>
 
@@ -147,23 +147,27 @@ class HopperEngine final : public Engine {
         "dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr}, m_bound(L, g.schedule), st);
   }
 
+  // Grouped-K: the gathered operand comes by cp.async (which also masks the
+  // expert edge), the contiguous one by TMA. With no pairs nothing is loaded
+  // and the map stays empty.
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
-    const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
+    const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
                      grouped_k(L, r, L.d, L.n, kWideN)};
-    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, kWideN, kWideStages, StoreEpilogue>(
-        "dw2", g, kNoMap, kNoMap, {dw2, L.n, L.d * L.n, nullptr},
-        L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+    const CUtensorMap mb = L.N > 0 ? tma_rows_2d(ap, L.N, L.n, 64) : kNoMap;
+    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
+           StoreEpilogue>("dw2", g, kNoMap, mb, {dw2, L.n, L.d * L.n, nullptr},
+                          L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
   }
 
   void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x,
            bf16_t* dw1, cudaStream_t st) override {
     const int64_t R = L.R();
-    const GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
-                     grouped_k(L, r, R, L.d, kWideN)};
-    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Copy, kWideN, kWideStages, StoreEpilogue>(
-        "dw1", g, kNoMap, kNoMap, {dw1, L.d, R * L.d, nullptr},
-        L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+    const GemmArgs g{Operand{}, rows_of(x, L.d, L.T, r.sorted_token), grouped_k(L, r, R, L.d, kWideN)};
+    const CUtensorMap ma = L.N > 0 ? tma_rows_2d(dh, L.N, R, 64) : kNoMap;
+    launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kWideN, kWideStages,
+           StoreEpilogue>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
+                          L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
   }
 };
 

@@ -2,7 +2,7 @@
 // loads into 128-byte swizzled stages, wgmma from shared memory.
 //
 // Pipeline contract (one CTA, 384 threads = 3 warpgroups):
-// - WG0, the producer (setmaxnreg down to kProducerRegs). For every stage:
+// - WG0, the producer (setmaxnreg down to kProducerRegs<G>). For every stage:
 //   wait empty[s]; thread 0 posts the stage's TMA bytes on full[s]
 //   (expect_tx) and issues the TMA copies (weights; contiguous rows); all
 //   128 threads issue the cp.async copies of gathered or expert-bounded rows
@@ -10,7 +10,7 @@
 //   fires when their copies have landed. full[s] expects 128 arrivals (plus
 //   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
 //   arrive.expect_tx).
-// - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs), split the
+// - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs<G>), split the
 //   128-row tile: WG w owns rows 64w .. 64w+63 and all kBN columns. For every
 //   stage: wait full[s] (parity = round & 1), fence.proxy.async (cp.async
 //   wrote through the generic proxy, wgmma reads through the async proxy),
@@ -39,11 +39,18 @@ namespace hw = arch::sm90;
 
 inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 384;
-inline constexpr int kProducerRegs = 96, kConsumerRegs = 200;
 // Named barriers (0 is __syncthreads'): the consumers' epilogue, and the
 // producer's staging of gathered row indices.
 inline constexpr int kEpilogueBarrier = 1, kProducerBarrier = 2;
-static_assert(kProducerRegs * 128 + kConsumerRegs * 256 <= 65536, "register file of one SM");
+// Registers per thread of each role (setmaxnreg). Grouped-K producers copy
+// both operands with staged indices and need more; grouped-M consumers run
+// the heavier epilogues (dH) and need more.
+template <Grouping G>
+inline constexpr int kProducerRegs = G == Grouping::K ? 96 : 72;
+template <Grouping G>
+inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : 216;
+static_assert(kProducerRegs<Grouping::K> * 128 + kConsumerRegs<Grouping::K> * 256 <= 65536);
+static_assert(kProducerRegs<Grouping::M> * 128 + kConsumerRegs<Grouping::M> * 256 <= 65536);
 
 // How an operand's stage arrives in shared memory.
 enum class Src {
@@ -116,11 +123,16 @@ struct Kernel {
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
                 "grouped-M products read A by rows; grouped-K products read both operands "
                 "along the expert's rows");
-  static_assert(G == Grouping::M || (SA == Src::Copy && SB == Src::Copy),
-                "a grouped-K tile ends at an expert edge that only cp.async can mask");
+  // A grouped-K tile's last k-rows may run past its expert's edge. TMA
+  // cannot mask them, so one operand must come by cp.async, which zero-fills
+  // them: the other operand's rows there (the next expert's, finite) then
+  // meet zeros.
+  static_assert(G == Grouping::M || SA == Src::Copy || SB == Src::Copy,
+                "a grouped-K product needs one cp.async operand to mask the expert edge");
   using EpiParams = typename Epi::Params;
   static constexpr int kNumStages = kStages;
   static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
+  static constexpr int kProducerRegsN = kProducerRegs<G>, kConsumerRegsN = kConsumerRegs<G>;
 
   static constexpr int kABytes = MA == Major::K ? kKMajorBytes<kBM> : 2 * kMNBlockBytes;
   static constexpr int kBBytes = MB == Major::K ? kKMajorBytes<kBN> : (kBN / 64) * kMNBlockBytes;
@@ -243,30 +255,51 @@ struct Kernel {
         if (leader && kTmaBytes > 0) {
           if constexpr (kAnyCopy) hw::mbar_expect_tx(sm.full + s, kTmaBytes);
           else hw::mbar_arrive_expect_tx(sm.full + s, kTmaBytes);
-          if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
-            hw::tma_load_2d(stage, map_a, sm.full + s, static_cast<int>(k0), static_cast<int>(t.m0));
-          if constexpr (SB == Src::Tma) {
-            if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
-              hw::tma_load_3d(stage + kABytes, map_b, sm.full + s, static_cast<int>(k0),
-                              static_cast<int>(t.n0), t.expert);
-            else  // 3-D map (n, k, expert), one box per 64 columns
+          if constexpr (G == Grouping::K) {
+            // Positions k_first + k0 .. as rows of a 2-D map (column, position),
+            // one box per 64 columns.
+            const int row = static_cast<int>(t.k_first + k0);
+            if constexpr (SA == Src::Tma)
+#pragma unroll
+              for (int blk = 0; blk < kBM / 64; ++blk)
+                hw::tma_load_2d(stage + blk * kMNBlockBytes, map_a, sm.full + s,
+                                static_cast<int>(t.m0) + blk * 64, row);
+            if constexpr (SB == Src::Tma)
 #pragma unroll
               for (int blk = 0; blk < kBN / 64; ++blk)
-                hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
-                                static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0),
-                                t.expert);
+                hw::tma_load_2d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
+                                static_cast<int>(t.n0) + blk * 64, row);
+          } else {
+            if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
+              hw::tma_load_2d(stage, map_a, sm.full + s, static_cast<int>(k0),
+                              static_cast<int>(t.m0));
+            if constexpr (SB == Src::Tma) {
+              if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
+                hw::tma_load_3d(stage + kABytes, map_b, sm.full + s, static_cast<int>(k0),
+                                static_cast<int>(t.n0), t.expert);
+              else  // 3-D map (n, k, expert), one box per 64 columns
+#pragma unroll
+                for (int blk = 0; blk < kBN / 64; ++blk)
+                  hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
+                                  static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0),
+                                  t.expert);
+            }
           }
         }
         if constexpr (kAnyCopy) {
           if constexpr (G == Grouping::M) {
             copy_k_major(a_dst, a_rows, t.rows, k0, g.schedule.K);
           } else {
-            const int* a_rows_s = stage_rows(g.a, 0, sm, it, t.k_first, t.k_len, k0);
-            const int* b_rows_s = stage_rows(g.b, 1, sm, it, t.k_first, t.k_len, k0);
-            copy_mn_major<kBM>(a_dst, g.a, t.expert, a_rows_s, t.k_first, t.k_len, k0, t.m0,
-                               g.schedule.M);
-            copy_mn_major<kBN>(b_dst, g.b, t.expert, b_rows_s, t.k_first, t.k_len, k0, t.n0,
-                               g.schedule.N);
+            if constexpr (SA == Src::Copy) {
+              const int* rows = stage_rows(g.a, 0, sm, it, t.k_first, t.k_len, k0);
+              copy_mn_major<kBM>(a_dst, g.a, t.expert, rows, t.k_first, t.k_len, k0, t.m0,
+                                 g.schedule.M);
+            }
+            if constexpr (SB == Src::Copy) {
+              const int* rows = stage_rows(g.b, 1, sm, it, t.k_first, t.k_len, k0);
+              copy_mn_major<kBN>(b_dst, g.b, t.expert, rows, t.k_first, t.k_len, k0, t.n0,
+                                 g.schedule.N);
+            }
           }
           hw::cp_async_mbar_arrive(sm.full + s);
         }
@@ -347,10 +380,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   // One role per warpgroup, one branch each: setmaxnreg needs both.
   if (threadIdx.x < 128) {
-    hw::setmaxnreg_dec<kProducerRegs>();
+    hw::setmaxnreg_dec<K::kProducerRegsN>();
     K::produce(args, &map_a, &map_b, sm);
   } else {
-    hw::setmaxnreg_inc<kConsumerRegs>();
+    hw::setmaxnreg_inc<K::kConsumerRegsN>();
     K::consume(args, ep, sm);
   }
 }
