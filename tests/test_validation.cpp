@@ -1443,9 +1443,21 @@ TEST_F(ValidationMoeForward, SortedPairOutOfRange) {
 }
 
 TEST_F(ValidationMoeForward, PairPositionOutOfRange) {
+  pair_position()[7] = -2;
+  expect_fwd_fail(fwd(), {"argument 'routing.pair_position'", "expected values in [-1, 8)",
+                          "got -2 at flat index 7"});
+  pair_position()[7] = 8;
+  expect_fwd_fail(fwd(), {"argument 'routing.pair_position'", "expected values in [-1, 8)",
+                          "got 8 at flat index 7"});
+}
+
+// -1 drops a pair (a padding pair of token rounding); the expert offsets must
+// then end one earlier.
+TEST_F(ValidationMoeForward, DroppedPairNeedsShorterOffsets) {
   pair_position()[7] = -1;
-  expect_fwd_fail(fwd(), {"argument 'routing.pair_position'", "expected values in [0, 8)",
-                          "got -1 at flat index 7"});
+  expect_fwd_fail(fwd(), {"argument 'routing.expert_offsets'",
+                          "expected 7 (8 pairs, 1 dropped with pair_position -1)",
+                          "got 8 at flat index 3"});
 }
 
 TEST_F(ValidationMoeForward, ZeroPairsRun) {

@@ -42,6 +42,9 @@ enum {
   SMOE_ACT_SILU = 6
 };
 enum { SMOE_MODE_TRAINING = 0, SMOE_MODE_INFERENCE = 1 };
+enum { SMOE_ROUNDING_NEAREST = 0, SMOE_ROUNDING_UP = 1, SMOE_ROUNDING_DOWN = 2 };
+/* The expert id of a padding pair (sonicmoe::kNoExpert). */
+enum { SMOE_NO_EXPERT = -1 };
 
 /* Same meaning as sonicmoe::Tensor. An absent optional tensor is all zeros. */
 typedef struct {
@@ -89,6 +92,17 @@ typedef struct {
   smoe_workspace_t workspace;
 } smoe_backward_args_t;
 
+/* Token rounding (sonicmoe::RoundRoutingArgs): outputs of capacity C from
+ * smoe_round_routing_capacity, the pair count in num_pairs (on the device). */
+typedef struct {
+  smoe_tensor_t logits, topk_ids, topk_scores;
+  int64_t tile;
+  int32_t mode;
+  int32_t reserved;
+  smoe_tensor_t token_ids, expert_ids, scores, num_pairs;
+  smoe_workspace_t workspace;
+} smoe_round_routing_args_t;
+
 /* stream: a cudaStream_t (NULL for the default stream); ignored on the CPU. */
 SMOE_API smoe_status_t smoe_router_forward(const smoe_tensor_t* logits, int64_t k, int32_t order,
                                            int32_t renormalize, const smoe_tensor_t* scores,
@@ -110,6 +124,15 @@ SMOE_API smoe_status_t smoe_routing_from_pairs(const smoe_tensor_t* token_ids,
                                                int64_t num_tokens, int64_t num_experts,
                                                const smoe_routing_t* out,
                                                smoe_workspace_t workspace, void* stream);
+
+SMOE_API smoe_status_t smoe_round_routing_capacity(int64_t num_tokens, int64_t num_experts,
+                                                   int64_t k, int64_t tile, int32_t mode,
+                                                   int64_t* capacity);
+SMOE_API smoe_status_t smoe_round_routing_workspace_size(int32_t device_type,
+                                                         int32_t device_index,
+                                                         int64_t num_tokens,
+                                                         int64_t num_experts, size_t* bytes);
+SMOE_API smoe_status_t smoe_round_routing(const smoe_round_routing_args_t* args, void* stream);
 
 SMOE_API smoe_status_t smoe_moe_forward_workspace_size(int32_t device_type, int32_t device_index,
                                                        const smoe_problem_t* problem,

@@ -70,10 +70,59 @@ void routing_from_topk(const Tensor& expert_ids, int64_t num_experts, const Rout
                        Workspace workspace, Stream stream = nullptr);
 
 // General routing: token_ids [N] i32 non-decreasing in [0, T), expert_ids [N]
-// i32 in [0, E). A token may have any number of pairs, zero included.
+// i32 in [0, E), or kNoExpert for a padding pair. A token may have any number
+// of pairs, zero included. Padding pairs (what round_routing writes past its
+// pair count) are dropped: they belong to no expert (not in expert_counts,
+// pair_position -1), the layer computes nothing for them and writes dscores 0.
 void routing_from_pairs(const Tensor& token_ids, const Tensor& expert_ids, int64_t num_tokens,
                         int64_t num_experts, const Routing& out, Workspace workspace,
                         Stream stream = nullptr);
+
+// ---------------------------------------------------------- token rounding ---
+// Tile-aware routing (../shared/SONICMOE.md, Routing 4): after token-choice
+// top-K, each expert's count is rounded to a multiple of `tile`, so that no
+// grouped-GEMM M tile is partly empty.
+//   count_e   the tokens that picked e (a token listing e twice counts once)
+//   target_e  count_e rounded to a multiple of tile: to nearest (ties to
+//             even), up or down; capped at T, the most an expert can take
+//   Each expert keeps its target_e best tokens in the order: every pick
+//   before every non-pick, then the score descending, then the token id
+//   ascending. A pick's score is its top-K score; a non-pick's is the raw
+//   probability softmax(logits[t])[e] over all E, which is also the score of
+//   an added pair. Round-up therefore never takes a pick away, round-down
+//   never adds one.
+// The result is a general routing sorted by token, then by expert id.
+//
+// The pair count depends on the data and is never read back to the host:
+// the outputs are sized to round_routing_capacity(), the count goes to the
+// device int num_pairs, and the tail [num_pairs, capacity) holds padding
+// pairs (token T-1, expert kNoExpert, score 0). Pass the whole capacity to
+// routing_from_pairs and the layer (N = capacity): padding pairs are dropped
+// there, so shapes stay static and nothing synchronises.
+enum class TokenRounding : int32_t { Nearest = 0, Up = 1, Down = 2 };
+
+inline constexpr int32_t kNoExpert = -1;
+
+const char* to_string(TokenRounding r);
+
+// The number of pairs the outputs must hold: min(T*K + E*(tile-1), T*E) for
+// Up, min(T*K + E*floor(tile/2), T*E) for Nearest, T*K for Down.
+int64_t round_routing_capacity(int64_t num_tokens, int64_t num_experts, int64_t k, int64_t tile,
+                               TokenRounding mode);
+
+// logits [T, E] f32 or bf16 (the router's input); topk_ids [T, K] i32 in
+// [0, E); topk_scores [T, K] f32 (the router's outputs). Outputs, C the
+// capacity: token_ids [C] i32, expert_ids [C] i32, scores [C] f32,
+// num_pairs [1] i32.
+struct RoundRoutingArgs {
+  Tensor logits, topk_ids, topk_scores;
+  int64_t tile = 128;
+  TokenRounding mode = TokenRounding::Nearest;
+  Tensor token_ids, expert_ids, scores, num_pairs;  // out
+  Workspace workspace;
+};
+size_t round_routing_workspace_size(Device device, int64_t num_tokens, int64_t num_experts);
+void round_routing(const RoundRoutingArgs& args, Stream stream = nullptr);
 
 // --------------------------------------------------------------- MoE layer ---
 // The sizes that fix workspace requirements.

@@ -1,5 +1,6 @@
 // The C++ entry points: validate every argument, derive the problem sizes,
 // then hand the call to the backend of the tensors' device.
+#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -36,6 +37,15 @@ const char* to_string(RouterOrder o) {
   switch (o) {
     case RouterOrder::TopKThenSoftmax: return "topk_then_softmax";
     case RouterOrder::SoftmaxThenTopK: return "softmax_then_topk";
+  }
+  return "unknown";
+}
+
+const char* to_string(TokenRounding r) {
+  switch (r) {
+    case TokenRounding::Nearest: return "nearest";
+    case TokenRounding::Up: return "up";
+    case TokenRounding::Down: return "down";
   }
   return "unknown";
 }
@@ -211,6 +221,70 @@ void routing_from_pairs(const Tensor& token_ids, const Tensor& expert_ids, int64
   auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(ws, b.routing_workspace_size(num_tokens, num_experts, N));
   b.routing_from_pairs(token_ids, expert_ids, num_tokens, num_experts, out, ws, stream);
+}
+
+// -------------------------------------------------------- token rounding --
+
+namespace {
+
+void check_rounding(Checker& c, TokenRounding mode) {
+  const auto v = static_cast<int>(mode);
+  c.require(v >= 0 && v <= 2, "mode", "0 (nearest), 1 (up) or 2 (down)", std::to_string(v));
+}
+
+// Capacity in int64 arithmetic; callers check that it fits the int32 ids.
+int64_t capacity_of(int64_t T, int64_t E, int64_t K, int64_t tile, TokenRounding mode) {
+  if (mode == TokenRounding::Down) return T * K;
+  const int64_t grow = mode == TokenRounding::Up ? tile - 1 : tile / 2;
+  return std::min(T * K + E * grow, T * E);
+}
+
+}  // namespace
+
+int64_t round_routing_capacity(int64_t num_tokens, int64_t num_experts, int64_t k, int64_t tile,
+                               TokenRounding mode) {
+  Checker c("round_routing_capacity");
+  check_rounding(c, mode);
+  check_count(c, "num_tokens", num_tokens, 1, kMaxIndex - 1);
+  check_count(c, "num_experts", num_experts, 1, kMaxIndex - 1);
+  check_count(c, "k", k, 1, num_experts);
+  check_count(c, "tile", tile, 1, kMaxIndex);
+  return capacity_of(num_tokens, num_experts, k, tile, mode);
+}
+
+size_t round_routing_workspace_size(Device device, int64_t num_tokens, int64_t num_experts) {
+  Checker c("round_routing_workspace_size");
+  check_count(c, "num_tokens", num_tokens, 1, kMaxIndex - 1);
+  check_count(c, "num_experts", num_experts, 1, kMaxIndex - 1);
+  return detail::backend_for(device, c.call()).round_routing_workspace_size(num_tokens, num_experts);
+}
+
+void round_routing(const RoundRoutingArgs& a, Stream stream) {
+  Checker c("round_routing");
+  check_rounding(c, a.mode);
+  c.rank(a.logits, "logits", 2);
+  c.rank(a.topk_ids, "topk_ids", 2);
+  const int64_t T = a.logits.shape[0], E = a.logits.shape[1], K = a.topk_ids.shape[1];
+  check_count(c, "logits.shape[0] (tokens)", T, 1, kMaxIndex - 1);
+  check_count(c, "logits.shape[1] (experts)", E, 1, kMaxIndex - 1);
+  check_count(c, "topk_ids.shape[1] (k)", K, 1, E);
+  check_count(c, "tile", a.tile, 1, kMaxIndex);
+  c.require(a.logits.dtype == DType::F32 || a.logits.dtype == DType::BF16, "logits",
+            "dtype f32 or bf16", to_string(a.logits.dtype));
+  c.tensor(a.logits, "logits", a.logits.dtype, {T, E});
+  c.tensor(a.topk_ids, "topk_ids", DType::I32, {T, K});
+  c.tensor(a.topk_scores, "topk_scores", DType::F32, {T, K});
+  const int64_t C = capacity_of(T, E, K, a.tile, a.mode);
+  c.require(C <= kMaxIndex, "tile",
+            "a capacity of at most 2^31-1 pairs (round_routing_capacity)",
+            std::to_string(C) + " pairs");
+  c.tensor(a.token_ids, "token_ids", DType::I32, {C});
+  c.tensor(a.expert_ids, "expert_ids", DType::I32, {C});
+  c.tensor(a.scores, "scores", DType::F32, {C});
+  c.tensor(a.num_pairs, "num_pairs", DType::I32, {1});
+  auto& b = detail::backend_for(c.device(), c.call());
+  c.workspace(a.workspace, b.round_routing_workspace_size(T, E));
+  b.round_routing(a, stream);
 }
 
 // ---------------------------------------------------------------- layer --

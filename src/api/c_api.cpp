@@ -17,6 +17,7 @@ thread_local std::string g_last_error;
 static_assert(sizeof(smoe_tensor_t) == sizeof(Tensor));
 static_assert(offsetof(smoe_tensor_t, shape) == offsetof(Tensor, shape));
 static_assert(offsetof(smoe_tensor_t, strides) == offsetof(Tensor, strides));
+static_assert(SMOE_NO_EXPERT == kNoExpert);
 
 Tensor to_cpp(const smoe_tensor_t& t) {
   Tensor r;
@@ -148,6 +149,46 @@ smoe_status_t smoe_routing_from_pairs(const smoe_tensor_t* token_ids,
     SMOE_REQUIRE_PTR(out);
     routing_from_pairs(to_cpp(*token_ids), to_cpp(*expert_ids), num_tokens, num_experts,
                        to_cpp(*out), to_cpp(workspace), stream);
+  });
+}
+
+smoe_status_t smoe_round_routing_capacity(int64_t num_tokens, int64_t num_experts, int64_t k,
+                                          int64_t tile, int32_t mode, int64_t* capacity) {
+  constexpr const char* kCall = "round_routing_capacity";
+  return guarded([&] {
+    SMOE_REQUIRE_PTR(capacity);
+    *capacity = round_routing_capacity(num_tokens, num_experts, k, tile,
+                                       static_cast<TokenRounding>(mode));
+  });
+}
+
+smoe_status_t smoe_round_routing_workspace_size(int32_t device_type, int32_t device_index,
+                                                int64_t num_tokens, int64_t num_experts,
+                                                size_t* bytes) {
+  constexpr const char* kCall = "round_routing_workspace_size";
+  return guarded([&] {
+    SMOE_REQUIRE_PTR(bytes);
+    *bytes = round_routing_workspace_size(device_of(device_type, device_index), num_tokens,
+                                          num_experts);
+  });
+}
+
+smoe_status_t smoe_round_routing(const smoe_round_routing_args_t* args, void* stream) {
+  constexpr const char* kCall = "round_routing";
+  return guarded([&] {
+    SMOE_REQUIRE_PTR(args);
+    RoundRoutingArgs a;
+    a.logits = to_cpp(args->logits);
+    a.topk_ids = to_cpp(args->topk_ids);
+    a.topk_scores = to_cpp(args->topk_scores);
+    a.tile = args->tile;
+    a.mode = static_cast<TokenRounding>(args->mode);
+    a.token_ids = to_cpp(args->token_ids);
+    a.expert_ids = to_cpp(args->expert_ids);
+    a.scores = to_cpp(args->scores);
+    a.num_pairs = to_cpp(args->num_pairs);
+    a.workspace = to_cpp(args->workspace);
+    round_routing(a, stream);
   });
 }
 

@@ -30,6 +30,10 @@ class Backend {
                                   int64_t num_tokens, int64_t num_experts, const Routing& out,
                                   Workspace ws, Stream stream) = 0;
 
+  virtual size_t round_routing_workspace_size(int64_t num_tokens, int64_t num_experts) = 0;
+  // The capacity C = args.token_ids.shape[0] is validated by src/api.
+  virtual void round_routing(const RoundRoutingArgs& args, Stream stream) = 0;
+
   virtual size_t forward_workspace_size(const MoeProblem& p, ForwardMode mode) = 0;
   virtual void moe_forward(const MoeForwardArgs& args, const MoeProblem& p, Stream stream) = 0;
   virtual size_t backward_workspace_size(const MoeProblem& p) = 0;

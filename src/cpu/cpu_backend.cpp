@@ -9,6 +9,7 @@
 #include "cpu/moe_reference.hpp"
 #include "cpu/parallel.hpp"
 #include "cpu/router_reference.hpp"
+#include "cpu/token_rounding.hpp"
 
 namespace sonicmoe::cpu {
 namespace {
@@ -36,31 +37,53 @@ void check_range(const char* call, const char* name, const int32_t* v, int64_t n
                 "values in [" + std::to_string(lo) + ", " + std::to_string(hi) + ")");
 }
 
-// Offsets must start at 0, end at `total` and never decrease: then every
-// range they delimit lies inside [0, total).
+// Expert ids of general routing: [0, E), or kNoExpert for a padding pair.
+void check_pair_experts(const char* call, const int32_t* v, int64_t n, int64_t E) {
+  for (int64_t i = 0; i < n; ++i)
+    if ((v[i] < 0 || v[i] >= E) && v[i] != kNoExpert)
+      bad_value(call, "expert_ids", i, v[i],
+                "values in [0, " + std::to_string(E) + ") or " + std::to_string(kNoExpert) +
+                    " (a padding pair)");
+}
+
+// Offsets must start at 0, end at `total` (at most `total` with
+// `end_at_most`) and never decrease: then every range they delimit lies
+// inside [0, total).
 void check_offsets(const char* call, const char* name, const int32_t* off, int64_t n,
-                   int64_t total) {
+                   int64_t total, bool end_at_most = false) {
   if (off[0] != 0) bad_value(call, name, 0, off[0], "0");
   for (int64_t i = 1; i <= n; ++i)
     if (off[i] < off[i - 1] || off[i] > total)
       bad_value(call, name, i, off[i],
                 "non-decreasing values in [" + std::to_string(off[i - 1]) + ", " +
                     std::to_string(total) + "]");
-  if (off[n] != total) bad_value(call, name, n, off[n], std::to_string(total));
+  if (!end_at_most && off[n] != total) bad_value(call, name, n, off[n], std::to_string(total));
 }
 
 // The kernels index through the metadata; check what keeps them in bounds.
+// A pair with pair_position -1 is dropped (a padding pair of token
+// rounding): it has no position, and positions [expert_offsets[E], N) belong
+// to no expert.
 void check_routing(const char* call, const Routing& r, int64_t T, int64_t E, int64_t N) {
-  check_offsets(call, "routing.expert_offsets", ptr<int32_t>(r.expert_offsets), E, N);
-  check_offsets(call, "routing.token_offsets", ptr<int32_t>(r.token_offsets), T, N);
-  check_range(call, "routing.sorted_token", ptr<int32_t>(r.sorted_token), N, 0, T);
-  check_range(call, "routing.sorted_pair", ptr<int32_t>(r.sorted_pair), N, 0, N);
-  check_range(call, "routing.pair_position", ptr<int32_t>(r.pair_position), N, 0, N);
-  // Each pair is written by the one position that owns it: without this, a
-  // non-permutation would let two threads write the same dscores entry.
-  const auto* sorted_pair = ptr<const int32_t>(r.sorted_pair);
+  const auto* expert_offsets = ptr<const int32_t>(r.expert_offsets);
   const auto* pair_position = ptr<const int32_t>(r.pair_position);
-  for (int64_t p = 0; p < N; ++p)
+  check_offsets(call, "routing.expert_offsets", expert_offsets, E, N, true);
+  check_offsets(call, "routing.token_offsets", ptr<int32_t>(r.token_offsets), T, N);
+  check_range(call, "routing.pair_position", pair_position, N, -1, N);
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < N; ++i) dropped += pair_position[i] < 0;
+  if (expert_offsets[E] != N - dropped)
+    bad_value(call, "routing.expert_offsets", E, expert_offsets[E],
+              std::to_string(N - dropped) + " (" + std::to_string(N) + " pairs, " +
+                  std::to_string(dropped) + " dropped with pair_position -1)");
+  const int64_t used = N - dropped;
+  check_range(call, "routing.sorted_token", ptr<int32_t>(r.sorted_token), used, 0, T);
+  check_range(call, "routing.sorted_pair", ptr<int32_t>(r.sorted_pair), used, 0, N);
+  // Each pair is written by the one position that owns it: without this, a
+  // non-permutation would let two threads write the same dscores entry. With
+  // the count above, the used positions then name exactly the kept pairs.
+  const auto* sorted_pair = ptr<const int32_t>(r.sorted_pair);
+  for (int64_t p = 0; p < used; ++p)
     if (pair_position[sorted_pair[p]] != p)
       bad_value(call, "routing.pair_position", sorted_pair[p], pair_position[sorted_pair[p]],
                 "the inverse of routing.sorted_pair (" + std::to_string(p) + ")");
@@ -77,18 +100,26 @@ void build_routing(const int32_t* pair_expert, int64_t N, int64_t E, const Routi
   auto* pair_position = ptr<int32_t>(r.pair_position);
   const auto* token_offsets = ptr<const int32_t>(r.token_offsets);
   std::fill(counts, counts + E, 0);
-  for (int64_t i = 0; i < N; ++i) ++counts[pair_expert[i]];
+  for (int64_t i = 0; i < N; ++i)
+    if (pair_expert[i] != kNoExpert) ++counts[pair_expert[i]];
   offsets[0] = 0;
   for (int64_t e = 0; e < E; ++e) offsets[e + 1] = offsets[e] + counts[e];
   std::copy(offsets, offsets + E, cursor);
   int64_t t = 0;
   for (int64_t i = 0; i < N; ++i) {
     while (token_offsets[t + 1] <= i) ++t;
+    if (pair_expert[i] == kNoExpert) {  // a padding pair: no position
+      pair_position[i] = -1;
+      continue;
+    }
     const int32_t p = cursor[pair_expert[i]]++;
     sorted_token[p] = static_cast<int32_t>(t);
     sorted_pair[p] = static_cast<int32_t>(i);
     pair_position[i] = p;
   }
+  // Unused positions hold 0, as on the GPU, so that they are valid indices.
+  std::fill(sorted_token + offsets[E], sorted_token + N, 0);
+  std::fill(sorted_pair + offsets[E], sorted_pair + N, 0);
 }
 
 template <class T, class Acc>
@@ -226,7 +257,7 @@ class CpuBackend final : public detail::Backend {
     const auto* tid = ptr<const int32_t>(token_ids);
     const auto* eid = ptr<const int32_t>(expert_ids);
     check_range("routing_from_pairs", "token_ids", tid, N, 0, T);
-    check_range("routing_from_pairs", "expert_ids", eid, N, 0, E);
+    check_pair_experts("routing_from_pairs", eid, N, E);
     for (int64_t i = 1; i < N; ++i)
       if (tid[i] < tid[i - 1])
         bad_value("routing_from_pairs", "token_ids", i, tid[i],
@@ -238,6 +269,14 @@ class CpuBackend final : public detail::Backend {
     for (int64_t t = 0; t < T; ++t) tok[t + 1] += tok[t];
     WorkspaceCarver w(ws.data);
     build_routing(eid, N, E, r, w.take<int32_t>(E));
+  }
+
+  size_t round_routing_workspace_size(int64_t, int64_t) override { return 0; }
+
+  void round_routing(const RoundRoutingArgs& a, Stream) override {
+    check_range("round_routing", "topk_ids", ptr<const int32_t>(a.topk_ids), a.topk_ids.numel(),
+                0, a.logits.shape[1]);
+    cpu::round_routing(a);
   }
 
   size_t forward_workspace_size(const MoeProblem& p, ForwardMode) override {

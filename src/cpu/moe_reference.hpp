@@ -39,6 +39,9 @@ struct LayerView {
   const int32_t* pair_position = nullptr;   // [N]
 
   int64_t R() const { return is_gated(act) ? 2 * n : n; }
+  // Positions [used(), N) belong to no expert: padding pairs that routing
+  // dropped (pair_position -1). Nothing is computed for them.
+  int64_t used() const { return expert_offsets[E]; }
   int64_t expert_of(int64_t p) const {
     return std::upper_bound(expert_offsets, expert_offsets + E + 1, static_cast<int32_t>(p)) -
            expert_offsets - 1;
@@ -67,7 +70,7 @@ template <Activation A, class T, class Acc>
 void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
   const int64_t d = L.d, n = L.n, R = L.R();
   // Up-projection with the gather and the activation.
-  parallel_for(L.N, R * d, [&](int64_t p) {
+  parallel_for(L.used(), R * d, [&](int64_t p) {
     const int64_t e = L.expert_of(p);
     const T* xr = L.x + int64_t{L.sorted_token[p]} * d;
     const T* w = L.w1 + e * R * d;
@@ -86,7 +89,7 @@ void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
     }
   });
   // Down-projection.
-  parallel_for(L.N, d * n, [&](int64_t p) {
+  parallel_for(L.used(), d * n, [&](int64_t p) {
     const int64_t e = L.expert_of(p);
     const T* w = L.w2 + e * d * n;
     for (int64_t c = 0; c < d; ++c) {
@@ -100,7 +103,7 @@ void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
     for (int64_t c = 0; c < d; ++c) {
       Acc s = 0;
       for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i)
-        s += L.scores[i] * y[int64_t{L.pair_position[i]} * d + c];
+        if (L.pair_position[i] >= 0) s += L.scores[i] * y[int64_t{L.pair_position[i]} * d + c];
       out[t * d + c] = st<T>(s);
     }
   });
@@ -112,7 +115,9 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
                   T* dw2, T* db2, Acc* dscores, Acc* dh, Acc* ap, Acc* dxt) {
   const int64_t d = L.d, n = L.n, R = L.R(), E = L.E;
   // dH kernel: dA' = dO[t] W2_e; dS = <dA', A> (+ <dO[t], b2_e>); dH = act'(H) (s dA').
-  parallel_for(L.N, 2 * d * n, [&](int64_t p) {
+  for (int64_t i = 0; i < L.N; ++i)
+    if (L.pair_position[i] < 0) dscores[i] = 0;
+  parallel_for(L.used(), 2 * d * n, [&](int64_t p) {
     const int64_t e = L.expert_of(p), t = L.sorted_token[p], i = L.sorted_pair[p];
     const Acc s = L.scores[i];
     const T* go = dout + t * d;
@@ -167,7 +172,7 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
   });
 
   // dX~[p] = dH[p] W1_e.
-  parallel_for(L.N, R * d, [&](int64_t p) {
+  parallel_for(L.used(), R * d, [&](int64_t p) {
     const int64_t e = L.expert_of(p);
     const T* w = L.w1 + e * R * d;
     Acc* row = dxt + p * d;
@@ -204,7 +209,7 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
     for (int64_t k = 0; k < d; ++k) {
       Acc s = 0;
       for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i)
-        s += dxt[int64_t{L.pair_position[i]} * d + k];
+        if (L.pair_position[i] >= 0) s += dxt[int64_t{L.pair_position[i]} * d + k];
       dx[t * d + k] = st<T>(s);
     }
   });

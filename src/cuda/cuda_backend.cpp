@@ -8,6 +8,7 @@
 #include "backend/backend.hpp"
 #include "gemm/engine.hpp"
 #include "kernels/routing.cuh"
+#include "kernels/token_rounding.cuh"
 #include "kernels/utility.cuh"
 #include "moe/gpu_layer.hpp"
 
@@ -74,6 +75,14 @@ class CudaBackend final : public Backend {
                           const Routing& out, Workspace ws, Stream s) override {
     DeviceGuard g(tok.device.index);
     cuda::routing_from_pairs(tok, exp, T, E, out, ws, stream_of(s));
+  }
+
+  size_t round_routing_workspace_size(int64_t T, int64_t E) override {
+    return cuda::round_routing_workspace_bytes(T, E);
+  }
+  void round_routing(const RoundRoutingArgs& a, Stream s) override {
+    DeviceGuard g(a.logits.device.index);
+    cuda::round_routing(a, stream_of(s));
   }
 
   size_t forward_workspace_size(const MoeProblem& p, ForwardMode mode) override {

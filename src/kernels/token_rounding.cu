@@ -1,0 +1,392 @@
+// GPU token rounding. Interface and contract: token_rounding.cuh; the
+// semantics are those of sonicmoe.hpp (round_routing) and of the CPU
+// reference, which this matches exactly up to expf's rounding of the raw
+// probabilities.
+//
+// Membership is kept in bitmaps, one row of W = ceil(T/32) words per expert
+// (bit t of row e: token t with expert e). In order on the caller's stream:
+//   0. cudaMemsetAsync   picked bitmap.
+//   1. row_stats_kernel  one warp per token: max and 1 / sum of exp(z - max)
+//                        over all E (summed in double, rounded once, as the
+//                        reference does); the token's valid picks OR-ed
+//                        into the picked bitmap (OR commutes: deterministic,
+//                        and a repeated id is one pick).
+//   2. select_kernel     one block per expert: count = popcount of its picked
+//                        row, target = detail::rounded_count. Dropping keeps
+//                        the best `target` picks, adding takes the best
+//                        `target - count` non-picks, "best" being score key
+//                        descending, then token ascending. A 4-pass 8-bit
+//                        radix select finds the threshold key and how many
+//                        keys equal to it are taken; a final pass in token
+//                        order takes those ties by a block scan, so the
+//                        lower tokens win. The chosen row is written one
+//                        ballot (32 tokens) per word. Each pass recomputes
+//                        the keys (the candidates' probabilities are a
+//                        strided column of the logits) instead of keeping T
+//                        keys per expert in memory.
+//   3. token_count_kernel  chosen pairs per token (popcount down a column).
+//   4. scan_kernel       one block: token offsets, and num_pairs.
+//   5. emit_kernel       one thread per token writes its pairs, experts
+//                        ascending, at its offset: the top-K score for a
+//                        kept pick, the raw probability for an added pair;
+//                        then the grid pads [num_pairs, C) with
+//                        (T-1, kNoExpert, 0).
+// Determinism: integer atomics only (bitmap OR, histogram counts); every
+// selection depends on keys, not on arrival order; float math per element.
+#include "kernels/token_rounding.cuh"
+
+#include <string>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cuda_bf16.h>
+
+#include "common/token_rounding.hpp"
+#include "common/workspace.hpp"
+
+namespace sonicmoe::cuda {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <class P>
+P* ptr(const Tensor& t) {
+  return static_cast<P*>(t.data);
+}
+
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+void check_launch(const char* kernel) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: launching ") + kernel + " failed: " + cudaGetErrorString(e));
+}
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <class L>
+struct Problem {
+  const L* logits;        // [T, E]
+  const int32_t* ids;     // [T, K]
+  const float* scores;    // [T, K]
+  uint32_t* picked;       // [E, W]
+  uint32_t* chosen;       // [E, W]
+  float* row_max;         // [T]
+  float* row_inv_sum;     // [T]
+  int32_t* token_counts;  // [T]
+  int32_t* token_offsets; // [T + 1]
+  int32_t tokens, experts, k, words;
+  int64_t tile;
+  TokenRounding mode;
+
+  __device__ bool bit(const uint32_t* map, int32_t e, int32_t t) const {
+    return (map[int64_t{e} * words + (t >> 5)] >> (t & 31)) & 1u;
+  }
+  // The top-K score of token t's first slot with expert e (t picked e).
+  __device__ float pick_score(int32_t t, int32_t e) const {
+    const int64_t row = int64_t{t} * k;
+    for (int32_t j = 0; j < k; ++j)
+      if (ids[row + j] == e) return scores[row + j];
+    return 0.0f;
+  }
+  // softmax(logits[t])[e], formed as the reference forms it: times the
+  // row's inverted sum, since an IEEE division in the loops is a slow-path
+  // call whose saved registers ptxas reports as spills.
+  __device__ float prob(int32_t t, int32_t e) const {
+    return expf(to_float(logits[int64_t{t} * experts + e]) - row_max[t]) * row_inv_sum[t];
+  }
+};
+
+// ----------------------------------------------------------- 1. row stats --
+
+constexpr int kStatsWarps = 4;
+
+template <class L>
+__global__ void __launch_bounds__(kStatsWarps * kWarp) row_stats_kernel(const Problem<L> p) {
+  const int lane = threadIdx.x % kWarp;
+  const int32_t t = static_cast<int32_t>(blockIdx.x) * kStatsWarps + threadIdx.x / kWarp;
+  if (t >= p.tokens) return;  // whole warps leave together
+  const L* z = p.logits + int64_t{t} * p.experts;
+  float m = -INFINITY;
+  for (int32_t e = lane; e < p.experts; e += kWarp) m = fmaxf(m, to_float(z[e]));
+  for (int d = kWarp / 2; d > 0; d /= 2) m = fmaxf(m, __shfl_xor_sync(kFullMask, m, d));
+  double s = 0;
+  for (int32_t e = lane; e < p.experts; e += kWarp) s += expf(to_float(z[e]) - m);
+  for (int d = kWarp / 2; d > 0; d /= 2) s += __shfl_xor_sync(kFullMask, s, d);
+  if (lane == 0) {
+    p.row_max[t] = m;
+    p.row_inv_sum[t] = 1.0f / static_cast<float>(s);
+  }
+  for (int32_t j = lane; j < p.k; j += kWarp) {
+    const int32_t e = p.ids[int64_t{t} * p.k + j];
+    if (0 <= e && e < p.experts)
+      atomicOr(p.picked + int64_t{e} * p.words + (t >> 5), 1u << (t & 31));
+  }
+}
+
+// -------------------------------------------------------------- 2. select --
+
+constexpr int kSelectThreads = 512;
+constexpr int kDigitBits = 8;
+constexpr int kBins = 1 << kDigitBits;
+constexpr int kPasses = 32 / kDigitBits;
+
+using SelectReduce = cub::BlockReduce<int32_t, kSelectThreads>;
+using SelectScan = cub::BlockScan<int32_t, kSelectThreads>;
+
+struct SelectStorage {
+  union {
+    SelectReduce::TempStorage reduce;
+    SelectScan::TempStorage scan;
+  } cub;
+  int32_t hist[kBins];
+  int32_t count;
+  uint32_t prefix;
+  int32_t remaining;
+};
+
+// What one expert's block selects among: the picks (dropping) or the
+// non-picks (adding), each with its order key.
+template <class L>
+struct Candidates {
+  Problem<L> p;
+  int32_t expert;
+  bool drop;
+
+  __device__ bool is_candidate(int32_t t) const { return p.bit(p.picked, expert, t) == drop; }
+  __device__ uint32_t key(int32_t t) const {
+    return detail::score_key(drop ? p.pick_score(t, expert) : p.prob(t, expert));
+  }
+};
+
+// hist[digit] += 1 per active lane, one shared atomic per distinct digit in
+// the warp (scores of one expert crowd into few exponent digits). All 32
+// lanes call it.
+__device__ __forceinline__ void add_to_bin(int32_t* hist, bool active, int32_t bin, int lane) {
+  const unsigned peers = __match_any_sync(kFullMask, active ? bin : -1);
+  if (active && lane == __ffs(peers) - 1) atomicAdd(hist + bin, __popc(peers));
+}
+
+template <class L>
+__global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L> p) {
+  __shared__ SelectStorage smem;
+  const int32_t e = blockIdx.x;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const uint32_t* picked_row = p.picked + int64_t{e} * p.words;
+  uint32_t* chosen_row = p.chosen + int64_t{e} * p.words;
+
+  int32_t ones = 0;
+  for (int32_t w = threadIdx.x; w < p.words; w += kSelectThreads) ones += __popc(picked_row[w]);
+  ones = SelectReduce(smem.cub.reduce).Sum(ones);
+  if (threadIdx.x == 0) smem.count = ones;
+  __syncthreads();
+  const int32_t count = smem.count;
+  const auto target = static_cast<int32_t>(detail::rounded_count(count, p.tile, p.mode, p.tokens));
+  if (target == count) {
+    for (int32_t w = threadIdx.x; w < p.words; w += kSelectThreads) chosen_row[w] = picked_row[w];
+    return;
+  }
+  const Candidates<L> cand{p, e, target < count};
+  const int32_t need = cand.drop ? target : target - count;
+  const int32_t available = cand.drop ? count : p.tokens - count;
+  const bool take_all = need >= available, take_none = need <= 0;
+
+  // Radix select, most significant digit first: after the passes, the
+  // threshold key is `prefix` and `remaining` of its ties are taken.
+  uint32_t prefix = 0, mask = 0;
+  int32_t remaining = need;
+  if (!take_all && !take_none) {
+    for (int pass = 0; pass < kPasses; ++pass) {
+      const int shift = 32 - kDigitBits * (pass + 1);
+      for (int b = threadIdx.x; b < kBins; b += kSelectThreads) smem.hist[b] = 0;
+      __syncthreads();
+      for (int32_t base = 0; base < p.tokens; base += kSelectThreads) {
+        const int32_t t = base + static_cast<int32_t>(threadIdx.x);
+        bool active = t < p.tokens && cand.is_candidate(t);
+        uint32_t key = 0;
+        if (active) {
+          key = cand.key(t);
+          active = (key & mask) == prefix;
+        }
+        add_to_bin(smem.hist, active, static_cast<int32_t>((key >> shift) & (kBins - 1)), lane);
+      }
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        int32_t above = 0, digit = 0;
+        for (digit = kBins - 1; digit > 0; --digit) {
+          if (above + smem.hist[digit] >= remaining) break;
+          above += smem.hist[digit];
+        }
+        smem.remaining = remaining - above;
+        smem.prefix = prefix | (static_cast<uint32_t>(digit) << shift);
+      }
+      __syncthreads();
+      prefix = smem.prefix;
+      remaining = smem.remaining;
+      mask |= static_cast<uint32_t>(kBins - 1) << shift;
+    }
+  }
+
+  // Mark the chosen tokens in token order; ties at the threshold go to the
+  // lowest tokens.
+  int32_t ties_before = 0;
+  for (int32_t base = 0; base < p.tokens; base += kSelectThreads) {
+    const int32_t t = base + static_cast<int32_t>(threadIdx.x);
+    const bool in = t < p.tokens;
+    const bool is_cand = in && cand.is_candidate(t);
+    const uint32_t key = is_cand && !take_all && !take_none ? cand.key(t) : 0u;
+    const int32_t tie = is_cand && !take_all && !take_none && key == prefix;
+    int32_t rank, tile_ties;
+    SelectScan(smem.cub.scan).ExclusiveSum(tie, rank, tile_ties);
+    bool take = false;
+    if (take_all) take = is_cand;
+    else if (!take_none) take = is_cand && (key > prefix || (tie && ties_before + rank < remaining));
+    const bool chosen = cand.drop ? take : (take || (in && !is_cand));
+    const unsigned word = __ballot_sync(kFullMask, chosen);
+    const int32_t w = base / kWarp + warp;
+    if (lane == 0 && w < p.words) chosen_row[w] = word;
+    ties_before += tile_ties;
+    __syncthreads();  // scan storage is reused by the next tile
+  }
+}
+
+// --------------------------------------------------- 3-5. list by token --
+
+constexpr int kTokenThreads = 256;
+
+template <class L>
+__global__ void __launch_bounds__(kTokenThreads) token_count_kernel(const Problem<L> p) {
+  const int64_t t = int64_t{blockIdx.x} * kTokenThreads + threadIdx.x;
+  if (t >= p.tokens) return;
+  int32_t n = 0;
+  for (int32_t e = 0; e < p.experts; ++e) n += p.bit(p.chosen, e, static_cast<int32_t>(t));
+  p.token_counts[t] = n;
+}
+
+constexpr int kScanThreads = 1024;
+constexpr int kScanItems = 4;
+constexpr int64_t kScanTile = kScanThreads * kScanItems;
+using ScanBlock = cub::BlockScan<int32_t, kScanThreads>;
+
+// One block: offsets[i] = sum of counts[0, i) for i <= n; *total = offsets[n].
+__global__ void __launch_bounds__(kScanThreads)
+    scan_kernel(const int32_t* counts, int64_t n, int32_t* offsets, int32_t* total) {
+  __shared__ typename ScanBlock::TempStorage scan;
+  int32_t carry = 0;
+  for (int64_t base = 0; base < n; base += kScanTile) {
+    const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
+    int32_t v[kScanItems];
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i) v[i] = first + i < n ? counts[first + i] : 0;
+    int32_t tile_total;
+    ScanBlock(scan).ExclusiveSum(v, v, tile_total);
+#pragma unroll
+    for (int i = 0; i < kScanItems; ++i)
+      if (first + i < n) offsets[first + i] = carry + v[i];
+    carry += tile_total;
+    __syncthreads();  // scan storage is reused by the next tile
+  }
+  if (threadIdx.x == 0) {
+    offsets[n] = carry;
+    *total = carry;
+  }
+}
+
+template <class L>
+__global__ void __launch_bounds__(kTokenThreads)
+    emit_kernel(const Problem<L> p, int64_t capacity, int32_t* token_ids, int32_t* expert_ids,
+                float* scores) {
+  const int64_t gid = int64_t{blockIdx.x} * kTokenThreads + threadIdx.x;
+  if (gid < p.tokens) {
+    const auto t = static_cast<int32_t>(gid);
+    int64_t i = p.token_offsets[t];
+    for (int32_t e = 0; e < p.experts; ++e) {
+      if (!p.bit(p.chosen, e, t) || i >= capacity) continue;
+      token_ids[i] = t;
+      expert_ids[i] = e;
+      scores[i] = p.bit(p.picked, e, t) ? p.pick_score(t, e) : p.prob(t, e);
+      ++i;
+    }
+  }
+  const int64_t stride = int64_t{gridDim.x} * kTokenThreads;
+  for (int64_t i = p.token_offsets[p.tokens] + gid; i < capacity; i += stride) {
+    token_ids[i] = p.tokens - 1;
+    expert_ids[i] = kNoExpert;
+    scores[i] = 0.0f;
+  }
+}
+
+// ------------------------------------------------------------------- host --
+
+struct Scratch {
+  uint32_t* picked;
+  uint32_t* chosen;
+  float* row_max;
+  float* row_inv_sum;
+  int32_t* token_counts;
+  int32_t* token_offsets;
+};
+
+// The single description of the workspace (null base: the size).
+Scratch carve(detail::WorkspaceCarver& w, int64_t T, int64_t E) {
+  const int64_t words = ceil_div(T, kWarp);
+  Scratch s;
+  s.picked = w.take<uint32_t>(E * words);
+  s.chosen = w.take<uint32_t>(E * words);
+  s.row_max = w.take<float>(T);
+  s.row_inv_sum = w.take<float>(T);
+  s.token_counts = w.take<int32_t>(T);
+  s.token_offsets = w.take<int32_t>(T + 1);
+  return s;
+}
+
+template <class L>
+void round_typed(const RoundRoutingArgs& a, cudaStream_t stream) {
+  const int64_t T = a.logits.shape[0], E = a.logits.shape[1], K = a.topk_ids.shape[1];
+  const int64_t C = a.token_ids.shape[0];
+  detail::WorkspaceCarver w(a.workspace.data);
+  const Scratch s = carve(w, T, E);
+  const int64_t words = ceil_div(T, kWarp);
+  const Problem<L> p{ptr<const L>(a.logits), ptr<const int32_t>(a.topk_ids),
+                     ptr<const float>(a.topk_scores), s.picked, s.chosen, s.row_max, s.row_inv_sum,
+                     s.token_counts, s.token_offsets, static_cast<int32_t>(T),
+                     static_cast<int32_t>(E), static_cast<int32_t>(K),
+                     static_cast<int32_t>(words), a.tile, a.mode};
+  const cudaError_t e =
+      cudaMemsetAsync(s.picked, 0, sizeof(uint32_t) * static_cast<size_t>(E * words), stream);
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: cudaMemsetAsync (picked bitmap): ") + cudaGetErrorString(e));
+  row_stats_kernel<L><<<static_cast<unsigned>(ceil_div(T, kStatsWarps)), kStatsWarps * kWarp, 0,
+                        stream>>>(p);
+  check_launch("row_stats_kernel");
+  select_kernel<L><<<static_cast<unsigned>(E), kSelectThreads, 0, stream>>>(p);
+  check_launch("select_kernel");
+  const auto token_blocks = static_cast<unsigned>(ceil_div(T, kTokenThreads));
+  token_count_kernel<L><<<token_blocks, kTokenThreads, 0, stream>>>(p);
+  check_launch("token_count_kernel");
+  scan_kernel<<<1, kScanThreads, 0, stream>>>(s.token_counts, T, s.token_offsets,
+                                              ptr<int32_t>(a.num_pairs));
+  check_launch("scan_kernel");
+  emit_kernel<L><<<token_blocks, kTokenThreads, 0, stream>>>(
+      p, C, ptr<int32_t>(a.token_ids), ptr<int32_t>(a.expert_ids), ptr<float>(a.scores));
+  check_launch("emit_kernel");
+}
+
+}  // namespace
+
+size_t round_routing_workspace_bytes(int64_t num_tokens, int64_t num_experts) {
+  detail::WorkspaceCarver w;
+  carve(w, num_tokens, num_experts);
+  return w.bytes();
+}
+
+void round_routing(const RoundRoutingArgs& args, cudaStream_t stream) {
+  if (args.logits.dtype == DType::BF16) round_typed<__nv_bfloat16>(args, stream);
+  else round_typed<float>(args, stream);
+}
+
+}  // namespace sonicmoe::cuda
