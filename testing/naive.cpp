@@ -43,6 +43,9 @@ double df(Activation a, double v) {
 
 }  // namespace
 
+double naive_gate(Activation a, double v) { return f(a, v); }
+double naive_gate_grad(Activation a, double v) { return df(a, v); }
+
 double naive_activation(Activation a, double g, double u) {
   return is_gated(a) ? f(a, g) * u : f(a, g);
 }

@@ -45,6 +45,10 @@ NaiveGrads naive_backward(const NaiveLayer& L, const std::vector<double>& dout);
 
 // Scalar activation in double (gated: act(g, u); plain: act(v), u ignored).
 double naive_activation(Activation a, double g, double u);
+// The gate (or sole) nonlinearity f of an activation and its derivative:
+// gated activations are f(g) * u.
+double naive_gate(Activation a, double v);
+double naive_gate_grad(Activation a, double v);
 
 // Router on one row of E logits: ids (descending logit, ties to the lower
 // id) and scores, for both orders.

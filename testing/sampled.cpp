@@ -3,6 +3,8 @@
 // output element is summed by one thread in a fixed order.
 #include "sampled.hpp"
 
+#include "naive.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -16,36 +18,9 @@ namespace sonicmoe::testing {
 
 namespace {
 
-double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
-
-// The gate (or sole) nonlinearity f and its derivative.
-double act_f(Activation a, double v) {
-  switch (a) {
-    case Activation::SwiGLU:
-    case Activation::SiLU: return v * sigmoid(v);
-    case Activation::GeGLU:
-    case Activation::GeLU: return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
-    case Activation::ReGLU:
-    case Activation::ReLU: return v > 0 ? v : 0.0;
-    case Activation::ReLU2: return v > 0 ? v * v : 0.0;
-  }
-  return 0;
-}
-
-double act_df(Activation a, double v) {
-  switch (a) {
-    case Activation::SwiGLU:
-    case Activation::SiLU: return sigmoid(v) * (1.0 + v * (1.0 - sigmoid(v)));
-    case Activation::GeGLU:
-    case Activation::GeLU:
-      return 0.5 * (1.0 + std::erf(v / std::sqrt(2.0))) +
-             v * std::exp(-0.5 * v * v) / std::sqrt(2.0 * M_PI);
-    case Activation::ReGLU:
-    case Activation::ReLU: return v > 0 ? 1.0 : 0.0;
-    case Activation::ReLU2: return v > 0 ? 2.0 * v : 0.0;
-  }
-  return 0;
-}
+// The oracle's own activation (naive.cpp): one definition of the math.
+double act_f(Activation a, double v) { return naive_gate(a, v); }
+double act_df(Activation a, double v) { return naive_gate_grad(a, v); }
 
 // Four partial sums: a single chain would be bound by the add latency.
 // float * float is exact in double, so only the sums round.

@@ -18,10 +18,10 @@
 // Rows past the tile's valid rows and columns past N are never written.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <concepts>
 #include <cstdint>
-
-#include <cuda_bf16.h>
 
 #include "arch/sm80.cuh"
 #include "common/activation.hpp"
@@ -100,7 +100,7 @@ struct StoreEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     bf16_t* out = p.out + t.expert * p.expert_stride;
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
-    f.for_each_chunk8([&](int, int r, int c, float (&v)[8]) {
+    f.for_each_chunk8([&](int, int r, int c, float(&v)[8]) {
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
       if (bias) add_bias8(v, bias + col);
@@ -129,7 +129,7 @@ struct UpProjEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
-    f.for_each_chunk8([&](int, int r, int c, float (&v)[8]) {
+    f.for_each_chunk8([&](int, int r, int c, float(&v)[8]) {
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= R) return;  // R is a multiple of 8: whole chunks
       if (bias) add_bias8(v, bias + col);
@@ -189,7 +189,7 @@ struct DHEpilogue {
     f.sync();
 
     float ds[F::kSlots] = {};
-    f.for_each_chunk8([&](int slot, int r, int c, float (&d)[8]) {
+    f.for_each_chunk8([&](int slot, int r, int c, float(&d)[8]) {
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= n) return;  // n is a multiple of 8: whole chunks
       const int64_t row = t.m0 + r;

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/activation.hpp"
+#include "gemm/common/launch.cuh"
 #include "gemm/engine.hpp"
 #include "gemm/sm80/kernel.cuh"
 
@@ -19,22 +20,6 @@ namespace sonicmoe::gemm {
 namespace {
 
 using namespace sm80;
-
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw Error(Status::CudaError,
-                std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
-}
-
-int sm_count() {
-  int dev = 0, count = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  return std::max(count, 1);
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, int kMinCtas>
 void launch(const char* what, const GemmArgs& args, const typename Epi::Params& ep,
@@ -56,43 +41,6 @@ void launch(const char* what, const GemmArgs& args, const typename Epi::Params& 
   check_launch(what);
 }
 
-Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t K) {
-  Schedule s{};
-  s.num_experts = static_cast<int>(L.E);
-  s.N = N;
-  s.K = K;
-  s.positions = L.N;
-  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
-  s.expert_offsets = r.expert_offsets;
-  s.tile_offsets = r.tile_offsets;
-  return s;
-}
-
-Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t N) {
-  Schedule s{};
-  s.num_experts = static_cast<int>(L.E);
-  s.M = M;
-  s.N = N;
-  s.positions = L.N;
-  s.m_tiles = static_cast<int>(ceil_div(M, kBM));
-  s.expert_order = r.expert_order;
-  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
-  s.expert_offsets = r.expert_offsets;
-  return s;
-}
-
-// Upper bound of grouped-M tiles: each expert adds at most one partial tile.
-int64_t m_bound(const LayerDims& L, const Schedule& s) {
-  return (ceil_div(L.N, kBM) + L.E) * s.n_tiles;
-}
-
-Operand rows_of(const bf16_t* p, int64_t ld, int64_t rows, const int32_t* gather = nullptr) {
-  return Operand{p, ld, 0, gather, rows};
-}
-Operand weights_of(const bf16_t* p, int64_t ld, int64_t expert_stride) {
-  return Operand{p, ld, expert_stride, nullptr, 0};
-}
-
 class PortableEngine final : public Engine {
  public:
   const char* name() const override { return "portable-sm80"; }
@@ -103,56 +51,59 @@ class PortableEngine final : public Engine {
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
-               grouped_m(L, r, R, L.d)};
+               grouped_m_schedule(L, r, R, L.d, kBN)};
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = UpProjEpilogue<A>;
-      launch<Grouping::M, Major::K, Major::K, true, Epi, 2>("up_proj", g, {h, a, w.b1, L.n},
-                                                   m_bound(L, g.schedule), st);
+      launch<Grouping::M, Major::K, Major::K, true, Epi, 2>(
+          "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
-    GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n), grouped_m(L, r, L.d, L.n)};
-    launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, 2>("down_proj", g, {y, L.d, 0, w.b2},
-                                                           m_bound(L, g.schedule), st);
+    GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n),
+               grouped_m_schedule(L, r, L.d, L.n, kBN)};
+    launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, 2>(
+        "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
           const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
           cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), weights_of(w.w2, L.n, L.d * L.n),
-               grouped_m(L, r, L.n, L.d)};
+               grouped_m_schedule(L, r, L.n, L.d, kBN)};
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = DHEpilogue<A>;
       launch<Grouping::M, Major::K, Major::MN, true, Epi, 1>(
-          "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part}, m_bound(L, g.schedule), st);
+          "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part}, grouped_m_tiles(L, g.schedule, kBM),
+          st);
     });
   }
 
   void dx_tilde(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dh,
                 bf16_t* dxt, cudaStream_t st) override {
     const int64_t R = L.R();
-    GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d), grouped_m(L, r, L.d, R)};
-    launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, 2>("dx_tilde", g, {dxt, L.d, 0, nullptr},
-                                                            m_bound(L, g.schedule), st);
+    GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d),
+               grouped_m_schedule(L, r, L.d, R, kBN)};
+    launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, 2>(
+        "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
-               grouped_k(L, r, L.d, L.n)};
-    const int64_t tiles = L.E * g.schedule.m_tiles * g.schedule.n_tiles;
+               grouped_k_schedule(L, r, L.d, L.n, kBM, kBN)};
+    const int64_t tiles = grouped_k_tiles(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, 1>(
         "dw2", g, {dw2, L.n, L.d * L.n, nullptr}, tiles, st);
   }
 
-  void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x,
-           bf16_t* dw1, cudaStream_t st) override {
+  void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x, bf16_t* dw1,
+           cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
-               grouped_k(L, r, R, L.d)};
-    const int64_t tiles = L.E * g.schedule.m_tiles * g.schedule.n_tiles;
+               grouped_k_schedule(L, r, R, L.d, kBM, kBN)};
+    const int64_t tiles = grouped_k_tiles(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, 1>(
         "dw1", g, {dw1, L.d, R * L.d, nullptr}, tiles, st);
   }

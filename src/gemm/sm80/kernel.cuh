@@ -21,9 +21,9 @@
 #include <cstdint>
 
 #include "arch/sm80.cuh"
-#include "gemm/sm80/loader.cuh"
 #include "gemm/common/epilogues.cuh"
 #include "gemm/common/scheduler.cuh"
+#include "gemm/sm80/loader.cuh"
 #include "gemm/sm80/tile.cuh"
 
 namespace sonicmoe::gemm::sm80 {
@@ -54,7 +54,8 @@ struct Mainloop {
     if constexpr (G == Grouping::M) {
       la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K);
       if constexpr (MB == Major::K)
-        lb.init(g.b, t.expert, t.n0, static_cast<int>(min(static_cast<int64_t>(kBN), g.schedule.N - t.n0)),
+        lb.init(g.b, t.expert, t.n0,
+                static_cast<int>(min(static_cast<int64_t>(kBN), g.schedule.N - t.n0)),
                 g.schedule.K);
       else
         lb.init(g.b, t.expert, 0, g.schedule.K, t.n0, g.schedule.N);

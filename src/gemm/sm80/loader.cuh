@@ -5,9 +5,9 @@
 // tile ever needs padding in global memory.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_bf16.h>
+
+#include <cstdint>
 
 #include "arch/sm80.cuh"
 #include "gemm/common/operand.cuh"
@@ -94,8 +94,8 @@ class MNMajorLoader {
       const int j = (threadIdx.x >> 4) + 16 * i;
       const bool ok = col_ok_ && static_cast<int>(k0) + j < k_rows_;
       // With a source size of 0 nothing is read: base_ only has to be an address.
-      arch::cp_async_16(mn_addr(smem, j, c * 8), ok ? base_ + rows_[i] * static_cast<int64_t>(ld_) : base_,
-                        ok ? 16u : 0u);
+      arch::cp_async_16(mn_addr(smem, j, c * 8),
+                        ok ? base_ + rows_[i] * static_cast<int64_t>(ld_) : base_, ok ? 16u : 0u);
     }
     fetch_rows(static_cast<int>(k0) + kBK);
   }

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/activation.hpp"
+#include "gemm/common/launch.cuh"
 #include "gemm/engine.hpp"
 #include "gemm/sm90/kernel.cuh"
 #include "gemm/sm90/tma.hpp"
@@ -25,22 +26,6 @@ using namespace sm90;
 // X or dO, or the activations) against 128; the L2 -> SM traffic of 128 x 128
 // tiles caps the layer well below the tensor cores (docs/NOTES.md).
 constexpr int kWideN = 256, kWideStages = 4;
-
-void check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess)
-    throw Error(Status::CudaError,
-                std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
-}
-
-int sm_count() {
-  int dev = 0, count = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev);
-  return std::max(count, 1);
-}
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
@@ -59,39 +44,6 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
   check_launch(what);
 }
 
-Schedule grouped_m(const LayerDims& L, const RoutingPtrs& r, int64_t N, int64_t K, int kBN) {
-  Schedule s{};
-  s.num_experts = static_cast<int>(L.E);
-  s.N = N;
-  s.K = K;
-  s.positions = L.N;
-  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
-  s.expert_offsets = r.expert_offsets;
-  s.tile_offsets = r.tile_offsets;
-  return s;
-}
-
-Schedule grouped_k(const LayerDims& L, const RoutingPtrs& r, int64_t M, int64_t N, int kBN) {
-  Schedule s{};
-  s.num_experts = static_cast<int>(L.E);
-  s.M = M;
-  s.N = N;
-  s.positions = L.N;
-  s.m_tiles = static_cast<int>(ceil_div(M, kBM));
-  s.expert_order = r.expert_order;
-  s.n_tiles = static_cast<int>(ceil_div(N, kBN));
-  s.expert_offsets = r.expert_offsets;
-  return s;
-}
-
-int64_t m_bound(const LayerDims& L, const Schedule& s) {
-  return (ceil_div(L.N, kBM) + L.E) * s.n_tiles;
-}
-
-Operand rows_of(const bf16_t* p, int64_t ld, int64_t rows, const int32_t* gather = nullptr) {
-  return Operand{p, ld, 0, gather, rows};
-}
-
 const CUtensorMap kNoMap{};
 
 class HopperEngine final : public Engine {
@@ -104,22 +56,24 @@ class HopperEngine final : public Engine {
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{}, grouped_m(L, r, R, L.d, kWideN)};
+    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
+                     grouped_m_schedule(L, r, R, L.d, kWideN)};
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN);
     act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kWideN, kWideStages, UpProjEpilogue<A>>(
-          "up_proj", g, kNoMap, mb, {h, a, w.b1, L.n}, m_bound(L, g.schedule), st);
+      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kWideN, kWideStages,
+             UpProjEpilogue<A>>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
+                                grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
     if (L.N == 0) return;
-    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, L.n, kWideN)};
+    const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kWideN)};
     const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN);
     launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
-        "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, m_bound(L, g.schedule), st);
+        "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
@@ -127,12 +81,12 @@ class HopperEngine final : public Engine {
           cudaStream_t st) override {
     if (L.N == 0) return;
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
-                     grouped_m(L, r, L.n, L.d, kWideN)};
+                     grouped_m_schedule(L, r, L.n, L.d, kWideN)};
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
     act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages, DHEpilogue<A>>(
-          "dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
-          m_bound(L, g.schedule), st);
+      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
+             DHEpilogue<A>>("dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
+                            grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
@@ -140,11 +94,12 @@ class HopperEngine final : public Engine {
                 bf16_t* dxt, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    const GemmArgs g{Operand{}, Operand{}, grouped_m(L, r, L.d, R, kWideN)};
+    const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, kWideN)};
     const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
-        "dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr}, m_bound(L, g.schedule), st);
+    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kWideN, kWideStages,
+           StoreEpilogue>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
+                          grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   // Grouped-K: the gathered operand comes by cp.async (which also masks the
@@ -153,21 +108,22 @@ class HopperEngine final : public Engine {
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
-                     grouped_k(L, r, L.d, L.n, kWideN)};
+                     grouped_k_schedule(L, r, L.d, L.n, kBM, kWideN)};
     const CUtensorMap mb = L.N > 0 ? tma_rows_2d(ap, L.N, L.n, 64) : kNoMap;
     launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
            StoreEpilogue>("dw2", g, kNoMap, mb, {dw2, L.n, L.d * L.n, nullptr},
-                          L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+                          grouped_k_tiles(L, g.schedule), st);
   }
 
-  void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x,
-           bf16_t* dw1, cudaStream_t st) override {
+  void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x, bf16_t* dw1,
+           cudaStream_t st) override {
     const int64_t R = L.R();
-    const GemmArgs g{Operand{}, rows_of(x, L.d, L.T, r.sorted_token), grouped_k(L, r, R, L.d, kWideN)};
+    const GemmArgs g{Operand{}, rows_of(x, L.d, L.T, r.sorted_token),
+                     grouped_k_schedule(L, r, R, L.d, kBM, kWideN)};
     const CUtensorMap ma = L.N > 0 ? tma_rows_2d(dh, L.N, R, 64) : kNoMap;
     launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kWideN, kWideStages,
            StoreEpilogue>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
-                          L.E * g.schedule.m_tiles * g.schedule.n_tiles, st);
+                          grouped_k_tiles(L, g.schedule), st);
   }
 };
 

@@ -24,9 +24,9 @@
 //   threads synchronise on named barrier kEpilogueBarrier only.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda.h>
+
+#include <cstdint>
 
 #include "arch/sm90.cuh"
 #include "gemm/common/epilogues.cuh"
@@ -54,8 +54,8 @@ static_assert(kProducerRegs<Grouping::M> * 128 + kConsumerRegs<Grouping::M> * 25
 
 // How an operand's stage arrives in shared memory.
 enum class Src {
-  Tma,     // a TMA box: weights, or rows that need no masking at an expert edge
-  Copy,    // cp.async by the producer warpgroup: gathered or expert-bounded rows
+  Tma,   // a TMA box: weights, or rows that need no masking at an expert edge
+  Copy,  // cp.async by the producer warpgroup: gathered or expert-bounded rows
 };
 
 struct GemmArgs {
@@ -66,7 +66,7 @@ struct GemmArgs {
 // Shared memory of one stage of one operand: 128 (or kBN) rows x 64 k
 // (K-major) or 64 k-rows x 128 columns in two 64-column blocks (MN-major).
 template <int kRows>
-inline constexpr int kKMajorBytes = kRows * kBK * 2;
+inline constexpr int kKMajorBytes = kRows* kBK * 2;
 inline constexpr int kMNBlockBytes = 64 * 128;  // 64 rows x 128 bytes
 
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
@@ -141,8 +141,8 @@ struct Kernel {
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
   static constexpr int kEpiBytes = Epi::template smem_bytes<kBM>();
-  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes +
-                                    kEpiBytes + 2 * kStages * 8 /* barriers */ +
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
+                                    2 * kStages * 8 /* barriers */ +
                                     4 * kBK * 4 /* gathered row indices */;
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
@@ -157,7 +157,8 @@ struct Kernel {
   };
 
   __device__ static Smem carve(char* raw) {
-    char* base = reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t{1023});
+    char* base =
+        reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t{1023});
     Smem s;
     s.stages = base;
     s.epi = base + kStages * kStageBytes;
@@ -192,9 +193,9 @@ struct Kernel {
   // index, plus 128 i, is (j * kBlocks + b) * 8 + c. Gathered rows come from
   // `rows` (staged in shared memory by stage_rows), others are first_row + j.
   template <int kCols>
-  __device__ static void copy_mn_major(uint32_t dst, const Operand& op, int expert,
-                                       const int* rows, int64_t first_row, int64_t k_rows,
-                                       int64_t k0, int64_t col0, int64_t col_extent) {
+  __device__ static void copy_mn_major(uint32_t dst, const Operand& op, int expert, const int* rows,
+                                       int64_t first_row, int64_t k_rows, int64_t k0, int64_t col0,
+                                       int64_t col_extent) {
     constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
     const int c = threadIdx.x & 7;
     const bf16_t* base = op.ptr + expert * op.expert_stride;
@@ -220,9 +221,9 @@ struct Kernel {
     int* rows = sm.rows + (operand * 2 + (it & 1)) * kBK;
     if (threadIdx.x < kBK) {
       const int64_t kr = k0 + threadIdx.x;
-      rows[threadIdx.x] =
-          kr < k_rows ? min(max(__ldg(op.gather + first_row + kr), 0), static_cast<int>(op.rows - 1))
-                      : 0;
+      rows[threadIdx.x] = kr < k_rows ? min(max(__ldg(op.gather + first_row + kr), 0),
+                                            static_cast<int>(op.rows - 1))
+                                      : 0;
     }
     hw::named_sync(kProducerBarrier, 128);
     return rows;
@@ -253,8 +254,10 @@ struct Kernel {
         const uint32_t a_dst = arch::smem_addr(stage), b_dst = a_dst + kABytes;
         const int64_t k0 = static_cast<int64_t>(kt) * kBK;
         if (leader && kTmaBytes > 0) {
-          if constexpr (kAnyCopy) hw::mbar_expect_tx(sm.full + s, kTmaBytes);
-          else hw::mbar_arrive_expect_tx(sm.full + s, kTmaBytes);
+          if constexpr (kAnyCopy)
+            hw::mbar_expect_tx(sm.full + s, kTmaBytes);
+          else
+            hw::mbar_arrive_expect_tx(sm.full + s, kTmaBytes);
           if constexpr (G == Grouping::K) {
             // Positions k_first + k0 .. as rows of a 2-D map (column, position),
             // one box per 64 columns.
@@ -315,8 +318,10 @@ struct Kernel {
       return hw::smem_desc(stage + wg * kMNBlockBytes + kk * 2048, kMNBlockBytes, 1024);
   }
   __device__ static uint64_t desc_b(uint32_t stage, int kk) {
-    if constexpr (MB == Major::K) return hw::smem_desc(stage + kk * 32, 16, 1024);
-    else return hw::smem_desc(stage + kk * 2048, kMNBlockBytes, 1024);
+    if constexpr (MB == Major::K)
+      return hw::smem_desc(stage + kk * 32, 16, 1024);
+    else
+      return hw::smem_desc(stage + kk * 2048, kMNBlockBytes, 1024);
   }
 
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
@@ -343,7 +348,7 @@ struct Kernel {
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk)
           hw::Wgmma<kBN, MA == Major::MN, MB == Major::MN>::run(acc, desc_a(a, wg, kk),
-                                                                  desc_b(b, kk), 1);
+                                                                desc_b(b, kk), 1);
         hw::wgmma_commit();
 #pragma unroll
         for (int i = 0; i < kBN / 2; ++i) hw::fence_operand(acc[i]);
