@@ -7,7 +7,7 @@
 //   dh        M  A=dO[gather] K Copy  B=W2_e MN Tma   DHEpilogue<act> x 7
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
 //   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
-//   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue
+//   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue (256 x 128)
 #include <algorithm>
 #include <string>
 
@@ -27,11 +27,12 @@ using namespace sm90;
 // tiles caps the layer well below the tensor cores (docs/NOTES.md).
 constexpr int kWideN = 256, kWideStages = 4;
 
-template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi>
+template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
+          int kTileM = kBM>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
-  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi>;
+  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM>;
   auto kernel = grouped_gemm_kernel<K>;
   static const bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
@@ -118,12 +119,15 @@ class HopperEngine final : public Engine {
   void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x, bf16_t* dw1,
            cudaStream_t st) override {
     const int64_t R = L.R();
+    // 256 x 128 tiles: the gathered X is the narrow side, so each stage
+    // copies half as many gathered chunks as a 128 x 256 tile would.
+    constexpr int kTallM = 256, kTallN = 128;
     const GemmArgs g{Operand{}, rows_of(x, L.d, L.T, r.sorted_token),
-                     grouped_k_schedule(L, r, R, L.d, kBM, kWideN)};
+                     grouped_k_schedule(L, r, R, L.d, kTallM, kTallN)};
     const CUtensorMap ma = L.N > 0 ? tma_rows_2d(dh, L.N, R, 64) : kNoMap;
-    launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kWideN, kWideStages,
-           StoreEpilogue>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
-                          grouped_k_tiles(L, g.schedule), st);
+    launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kTallN, kWideStages,
+           StoreEpilogue, kTallM>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
+                                  grouped_k_tiles(L, g.schedule), st);
   }
 };
 

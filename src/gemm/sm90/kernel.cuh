@@ -75,15 +75,16 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
 
 // The accumulator of one consumer warpgroup (64 rows x kBN) as the shared
 // epilogues see it: per thread 2 row slots, all columns of those rows.
-template <int kBN>
+template <int kBN, int kSub>
 struct FragView {
-  float (&acc)[kBN / 2];
-  static constexpr int kSlots = 2, kColGroups = 1, kThreads = 256;
+  float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
+  static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 256;
 
-  __device__ int wg_row() const { return ((threadIdx.x - 128) >> 7) * 64; }
-  __device__ int slot_row(int slot) const {
-    return wg_row() + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2) + slot * 8;
+  __device__ int wg_row() const { return ((threadIdx.x - 128) >> 7) * 64 * kSub; }
+  __device__ int row0(int sub) const {
+    return wg_row() + sub * 64 + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
   }
+  __device__ int slot_row(int slot) const { return row0(slot >> 1) + (slot & 1) * 8; }
   __device__ int col_group() const { return 0; }
   __device__ int thread() const { return threadIdx.x - 128; }
   __device__ void sync() const { hw::named_sync(kEpilogueBarrier, kThreads); }
@@ -91,35 +92,44 @@ struct FragView {
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
     const int lane = threadIdx.x & 31;
-    const int r0 = wg_row() + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
 #pragma unroll
-    for (int g = 0; g < kBN / 32; ++g)
+    for (int i = 0; i < kSub; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float2 p[4];
+      for (int g = 0; g < kBN / 32; ++g)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          p[j] = float2{acc[4 * (4 * g + j) + 2 * h], acc[4 * (4 * g + j) + 2 * h + 1]};
-        float v[8];
-        quad_transpose(p, v);
-        fn(h, r0 + h * 8, 32 * g + 8 * (lane & 3), v);
-      }
+        for (int h = 0; h < 2; ++h) {
+          float2 p[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            p[j] = float2{acc[i][4 * (4 * g + j) + 2 * h], acc[i][4 * (4 * g + j) + 2 * h + 1]};
+          float v[8];
+          quad_transpose(p, v);
+          fn(2 * i + h, row0(i) + h * 8, 32 * g + 8 * (lane & 3), v);
+        }
   }
 
   template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
     const int lane = threadIdx.x & 31;
-    const int r0 = wg_row() + ((threadIdx.x >> 5) & 3) * 16 + (lane >> 2);
 #pragma unroll
-    for (int j = 0; j < kBN / 8; ++j)
+    for (int i = 0; i < kSub; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-        fn(h, r0 + h * 8, j * 8 + (lane & 3) * 2, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+      for (int j = 0; j < kBN / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          fn(2 * i + h, row0(i) + h * 8, j * 8 + (lane & 3) * 2, acc[i][4 * j + 2 * h],
+             acc[i][4 * j + 2 * h + 1]);
   }
 };
 
-template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi>
+// kTileM: rows of a tile, 128 or 256; each consumer warpgroup owns
+// kTileM / 2 rows as kSub m64 sub-tiles.
+template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
+          int kTileM = kBM>
 struct Kernel {
+  static constexpr int kSub = kTileM / 128;
+  static_assert(kTileM == 128 || kTileM == 256);
+  static_assert(G == Grouping::K || kTileM == 128, "gathered K-major rows: one per producer thread");
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
                 "grouped-M products read A by rows; grouped-K products read both operands "
                 "along the expert's rows");
@@ -134,13 +144,14 @@ struct Kernel {
   static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
   static constexpr int kProducerRegsN = kProducerRegs<G>, kConsumerRegsN = kConsumerRegs<G>;
 
-  static constexpr int kABytes = MA == Major::K ? kKMajorBytes<kBM> : 2 * kMNBlockBytes;
+  static constexpr int kABytes =
+      MA == Major::K ? kKMajorBytes<kTileM> : (kTileM / 64) * kMNBlockBytes;
   static constexpr int kBBytes = MB == Major::K ? kKMajorBytes<kBN> : (kBN / 64) * kMNBlockBytes;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
-  static constexpr int kEpiBytes = Epi::template smem_bytes<kBM>();
+  static constexpr int kEpiBytes = Epi::template smem_bytes<kTileM>();
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
                                     4 * kBK * 4 /* gathered row indices */;
@@ -231,7 +242,7 @@ struct Kernel {
 
   __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
                                  const CUtensorMap* map_b, const Smem& sm) {
-    const Scheduler<G, kBM, kBN> sched{g.schedule};
+    const Scheduler<G, kTileM, kBN> sched{g.schedule};
     const int total = sched.total();
     const bool leader = threadIdx.x == 0;
     int it = 0;
@@ -264,7 +275,7 @@ struct Kernel {
             const int row = static_cast<int>(t.k_first + k0);
             if constexpr (SA == Src::Tma)
 #pragma unroll
-              for (int blk = 0; blk < kBM / 64; ++blk)
+              for (int blk = 0; blk < kTileM / 64; ++blk)
                 hw::tma_load_2d(stage + blk * kMNBlockBytes, map_a, sm.full + s,
                                 static_cast<int>(t.m0) + blk * 64, row);
             if constexpr (SB == Src::Tma)
@@ -295,7 +306,7 @@ struct Kernel {
           } else {
             if constexpr (SA == Src::Copy) {
               const int* rows = stage_rows(g.a, 0, sm, it, t.k_first, t.k_len, k0);
-              copy_mn_major<kBM>(a_dst, g.a, t.expert, rows, t.k_first, t.k_len, k0, t.m0,
+              copy_mn_major<kTileM>(a_dst, g.a, t.expert, rows, t.k_first, t.k_len, k0, t.m0,
                                  g.schedule.M);
             }
             if constexpr (SB == Src::Copy) {
@@ -311,11 +322,14 @@ struct Kernel {
   }
 
   // ----------------------------------------------------------- consumers --
-  __device__ static uint64_t desc_a(uint32_t stage, int wg, int kk) {
-    if constexpr (MA == Major::K)  // rows 64 wg .. : 8 KiB per 64 rows; k16 = 32 bytes
-      return hw::smem_desc(stage + wg * 64 * 128 + kk * 32, 16, 1024);
-    else  // block wg holds columns 64 wg ..; k16 = two 8-row atoms
-      return hw::smem_desc(stage + wg * kMNBlockBytes + kk * 2048, kMNBlockBytes, 1024);
+  // A operand of sub-tile `sub` of consumer warpgroup `wg` (rows
+  // (2 wg + sub) * 64 .. with kSub sub-tiles per warpgroup).
+  __device__ static uint64_t desc_a(uint32_t stage, int wg, int sub, int kk) {
+    const int block = wg * kSub + sub;  // which 64 rows
+    if constexpr (MA == Major::K)  // 64 rows = 8 KiB; k16 = 32 bytes
+      return hw::smem_desc(stage + block * 64 * 128 + kk * 32, 16, 1024);
+    else  // block of 64 columns; k16 = two 8-row atoms
+      return hw::smem_desc(stage + block * kMNBlockBytes + kk * 2048, kMNBlockBytes, 1024);
   }
   __device__ static uint64_t desc_b(uint32_t stage, int kk) {
     if constexpr (MB == Major::K)
@@ -324,34 +338,43 @@ struct Kernel {
       return hw::smem_desc(stage + kk * 2048, kMNBlockBytes, 1024);
   }
 
+  __device__ static void fence_acc(float (&acc)[kSub][kBN / 2]) {
+#pragma unroll
+    for (int i = 0; i < kSub; ++i)
+#pragma unroll
+      for (int j = 0; j < kBN / 2; ++j) hw::fence_operand(acc[i][j]);
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
-    const Scheduler<G, kBM, kBN> sched{g.schedule};
+    const Scheduler<G, kTileM, kBN> sched{g.schedule};
     const int total = sched.total();
     const int wg = (threadIdx.x - 128) >> 7;
     const bool wg_leader = (threadIdx.x & 127) == 0;
-    float acc[kBN / 2];
+    float acc[kSub][kBN / 2];
     int it = 0;
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.f;
+      for (int i = 0; i < kSub; ++i)
+#pragma unroll
+        for (int j = 0; j < kBN / 2; ++j) acc[i][j] = 0.f;
       for (int kt = 0; kt < ktiles; ++kt, ++it) {
         const int s = it % kStages;
         hw::mbar_wait(sm.full + s, (it / kStages) & 1);
         if constexpr (kAnyCopy) hw::fence_proxy_async();
         const uint32_t a = arch::smem_addr(sm.stages + s * kStageBytes), b = a + kABytes;
-#pragma unroll
-        for (int i = 0; i < kBN / 2; ++i) hw::fence_operand(acc[i]);
+        fence_acc(acc);
         hw::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk)
-          hw::Wgmma<kBN, MA == Major::MN, MB == Major::MN>::run(acc, desc_a(a, wg, kk),
-                                                                desc_b(b, kk), 1);
-        hw::wgmma_commit();
 #pragma unroll
-        for (int i = 0; i < kBN / 2; ++i) hw::fence_operand(acc[i]);
+          for (int i = 0; i < kSub; ++i)
+            hw::Wgmma<kBN, MA == Major::MN, MB == Major::MN>::run(acc[i], desc_a(a, wg, i, kk),
+                                                                  desc_b(b, kk), 1);
+        hw::wgmma_commit();
+        fence_acc(acc);
         // One group may stay in flight: the previous stage is free once it
         // has retired.
         hw::wgmma_wait<1>();
@@ -359,8 +382,8 @@ struct Kernel {
       }
       hw::wgmma_wait<0>();
       if (ktiles > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
-      FragView<kBN> frag{acc};
-      Epi::template apply<kBM, kBN>(ep, g.schedule, t, frag, sm.epi);
+      FragView<kBN, kSub> frag{acc};
+      Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, sm.epi);
     }
   }
 };
