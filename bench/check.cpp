@@ -9,55 +9,12 @@
 
 #include <sonicmoe/bfloat16.hpp>
 
+#include "check_util.hpp"
 #include "naive.hpp"
 #include "report.hpp"
 
 namespace sonicmoe::bench {
 
-namespace {
-
-constexpr int kSampleTokens = 16;
-
-// max |lib - ref| and max |ref|, accumulated over several pieces of a tensor.
-struct Stats {
-  double max_abs = 0, ref_max = 0;
-  template <class L, class R>
-  void add(const L& lib, const R& ref) {
-    if (lib.size() != ref.size())
-      throw std::runtime_error("check: sizes differ: " + std::to_string(lib.size()) + " vs " +
-                               std::to_string(ref.size()));
-    for (size_t i = 0; i < lib.size(); ++i) {
-      const double diff = std::abs(double(lib[i]) - double(ref[i]));
-      // NaN (a poisoned element the library never wrote) never passes.
-      max_abs = std::max(max_abs, std::isnan(diff) ? INFINITY : diff);
-      ref_max = std::max(ref_max, std::abs(double(ref[i])));
-    }
-  }
-  TensorError error(std::string name, std::string note) const {
-    return TensorError{std::move(name), max_abs, ref_max, ref_max > 0 ? max_abs / ref_max : max_abs,
-                       std::move(note)};
-  }
-};
-
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
-
-template <class V>
-void append(V& dst, const V& src) {
-  dst.insert(dst.end(), src.begin(), src.end());
-}
-
-// Ids outside [0, E) (poison, a bug) would make the oracles index out of
-// bounds: report them and stop the check there.
-bool ids_in_range(const std::vector<int32_t>& ids, int64_t E, std::vector<TensorError>& errors) {
-  const auto bad = std::count_if(ids.begin(), ids.end(), [&](int32_t e) { return e < 0 || e >= E; });
-  if (bad == 0) return true;
-  errors.push_back(TensorError{"expert_ids", INFINITY, double(E - 1), INFINITY,
-                               std::to_string(bad) + " ids outside [0, E): rest of check skipped"});
-  return false;
-}
-
-// The router on `tokens` against naive_router: ids must match exactly,
-// scores to the tolerance. Appends "expert_ids" and "scores".
 void check_router(const Problem& p, const std::vector<int32_t>& tokens,
                   const std::vector<float>& logits, const std::vector<int32_t>& ids,
                   const std::vector<float>& scores, const std::string& note,
@@ -78,6 +35,8 @@ void check_router(const Problem& p, const std::vector<int32_t>& tokens,
                                                   : ", exact")});
   errors.push_back(st.error("scores", note));
 }
+
+namespace {
 
 // dlogits of `tokens` from the reference dscores (rows [S, K]) and the
 // library's ids, against the library's dlogits rows.
@@ -140,6 +99,29 @@ testing::ExpertTensors HostLayerAccess::expert_grads(int32_t e) {
 std::vector<int32_t> HostLayerAccess::expert_ids() {
   const auto* p = static_cast<const int32_t*>(L_.expert_ids.t.data);
   return {p, p + L_.expert_ids.t.numel()};
+}
+
+RoundedPairs collect_pairs(const std::vector<int32_t>& token, const std::vector<int32_t>& expert,
+                           const std::vector<float>& score, int64_t count) {
+  RoundedPairs r;
+  const int64_t n = std::clamp<int64_t>(count, 0, static_cast<int64_t>(expert.size()));
+  for (int64_t i = 0; i < n; ++i) {
+    if (expert[i] == kNoExpert) continue;
+    r.token.push_back(token[i]);
+    r.expert.push_back(expert[i]);
+    r.score.push_back(score[i]);
+    r.index.push_back(static_cast<int32_t>(i));
+  }
+  return r;
+}
+
+RoundedPairs HostLayerAccess::rounded_pairs() {
+  const int64_t C = L_.round_expert.t.numel();
+  const auto* tok = static_cast<const int32_t*>(L_.round_token.t.data);
+  const auto* exp = static_cast<const int32_t*>(L_.round_expert.t.data);
+  const auto* sc = static_cast<const float*>(L_.round_score.t.data);
+  return collect_pairs({tok, tok + C}, {exp, exp + C}, {sc, sc + C},
+                       *static_cast<const int32_t*>(L_.num_pairs.t.data));
 }
 
 std::vector<float> HostLayerAccess::scores() {
@@ -279,17 +261,18 @@ std::vector<TensorError> run_check(const Problem& p, LayerAccess& access, double
     // Loads say how uneven the random router is, and which experts the
     // sampled check's gradient slices come from.
     std::vector<int64_t> load(p.E, 0);
-    for (int32_t e : access.expert_ids())
+    for (int32_t e : p.rounded() ? access.rounded_pairs().expert : access.expert_ids())
       if (e >= 0 && e < p.E) ++load[e];
     std::sort(load.begin(), load.end());
     progress(tag, "check (" + std::string(p.check == CheckMode::Full ? "full" : "sampled") +
                       "): expert loads min/median/max " + std::to_string(load.front()) + "/" +
                       std::to_string(load[p.E / 2]) + "/" + std::to_string(load.back()) +
-                      " pairs (mean " + std::to_string(p.pairs() / p.E) + ")");
+                      " pairs (mean " + std::to_string(p.pairs() / p.E) + " before rounding)");
   }
   const auto start = std::chrono::steady_clock::now();
-  std::vector<TensorError> errors =
-      p.check == CheckMode::Full ? check_full(p, access) : check_sampled(p, access);
+  std::vector<TensorError> errors = p.rounded()                  ? check_rounded(p, access)
+                                   : p.check == CheckMode::Full ? check_full(p, access)
+                                                                : check_sampled(p, access);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   char buf[64];
   std::snprintf(buf, sizeof buf, "fp64 oracle done in %.1f s, tolerance %.1e", secs, tol);

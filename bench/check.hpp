@@ -24,6 +24,16 @@ struct TensorError {
   std::string note;    // what was compared
 };
 
+// The rounded routing read back (token rounding only): the pairs before the
+// padding tail, with their index in [0, capacity).
+struct RoundedPairs {
+  std::vector<int32_t> token, expert, index;
+  std::vector<double> score;
+};
+// The pairs of [0, count) whose expert is not kNoExpert.
+RoundedPairs collect_pairs(const std::vector<int32_t>& token, const std::vector<int32_t>& expert,
+                           const std::vector<float>& score, int64_t count);
+
 // Inputs (x, dout, w1, b1, w2, b2 from SampledInputs) and the router's and
 // layer's results, as float (bf16 and f32 values are exact in float).
 class LayerAccess : public testing::SampledInputs {
@@ -33,10 +43,12 @@ class LayerAccess : public testing::SampledInputs {
   virtual std::vector<float> scores() = 0;                                           // [T*K]
   virtual std::vector<float> out_rows(const std::vector<int32_t>& tokens) = 0;       // [S, d]
   virtual std::vector<float> dx_rows(const std::vector<int32_t>& tokens) = 0;        // [S, d]
+  // [S, K] for top-K; for a rounded routing `tokens` are pair indices.
   virtual std::vector<float> dscores_rows(const std::vector<int32_t>& tokens) = 0;   // [S, K]
   virtual std::vector<float> dlogits_rows(const std::vector<int32_t>& tokens) = 0;   // [S, E]
   // The library's dw1 / db1 / dw2 / db2 slices of one expert.
   virtual testing::ExpertTensors expert_grads(int32_t expert) = 0;
+  virtual RoundedPairs rounded_pairs() = 0;
 };
 
 // Reads a BenchLayer whose tensors are in host memory (the CPU backend's).
@@ -54,6 +66,7 @@ class HostLayerAccess final : public LayerAccess {
   std::vector<float> dscores_rows(const std::vector<int32_t>& tokens) override;
   std::vector<float> dlogits_rows(const std::vector<int32_t>& tokens) override;
   testing::ExpertTensors expert_grads(int32_t expert) override;
+  RoundedPairs rounded_pairs() override;
 
  private:
   const BenchLayer& L_;
@@ -67,6 +80,17 @@ std::vector<TensorError> check_full(const Problem& p, LayerAccess& access);
 // 16 tokens' rows and 2 experts' gradient slices against sampled.hpp, the
 // router on those tokens against naive_router.
 std::vector<TensorError> check_sampled(const Problem& p, LayerAccess& access);
+
+// The router on `tokens` against naive_router: ids exactly, scores to the
+// tolerance. Appends "expert_ids" and "scores".
+void check_router(const Problem& p, const std::vector<int32_t>& tokens,
+                  const std::vector<float>& logits, const std::vector<int32_t>& ids,
+                  const std::vector<float>& scores, const std::string& note,
+                  std::vector<TensorError>& errors);
+// Token rounding (check_rounded.cpp): the router as above, then the layer's
+// out, dx, dscores (padding pairs must be 0), dw1, dw2 (db1, db2) against
+// the oracles run on the rounded pairs the library produced; no dlogits.
+std::vector<TensorError> check_rounded(const Problem& p, LayerAccess& access);
 
 // The check p.check asks for (full or sampled) on results already computed,
 // with a line on the expert loads and one per tensor on stderr.

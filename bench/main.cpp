@@ -40,6 +40,7 @@ sb::Problem problem_of(const sb::ShapeConfig& c, const sb::Options& o) {
   p.act = o.act;
   p.bias = o.bias;
   p.order = o.order;
+  p.routing = o.routing;
   p.seed = o.seed;
   p.expert_bias_std = o.expert_bias_std;
   // The paper's figures are for SwiGLU without bias: quote them only then.

@@ -57,7 +57,20 @@ std::vector<std::string> parse_config_names(std::string_view v) {
   return names;
 }
 
+constexpr std::pair<std::string_view, TokenRounding> kRoundings[] = {
+    {"round-nearest", TokenRounding::Nearest},
+    {"round-up", TokenRounding::Up},
+    {"round-down", TokenRounding::Down},
+};
+
 }  // namespace
+
+std::string routing_name(const RoutingChoice& r) {
+  if (!r.rounding) return "topk";
+  for (const auto& [name, mode] : kRoundings)
+    if (mode == *r.rounding) return std::string(name);
+  return "?";
+}
 
 Options parse_options(int argc, char** argv) {
   Options o;
@@ -109,6 +122,17 @@ Options parse_options(int argc, char** argv) {
       else
         throw UsageError("--router expects topk_then_softmax|softmax_then_topk, got '" +
                          std::string(v) + "'");
+    } else if (flag == "--routing") {
+      const std::string_view v = value();
+      bool found = v == "topk";
+      if (found) o.routing.rounding.reset();
+      for (const auto& [name, mode] : kRoundings)
+        if (v == name) o.routing.rounding = mode, found = true;
+      if (!found)
+        throw UsageError("--routing expects topk|round-nearest|round-up|round-down, got '" +
+                         std::string(v) + "'");
+    } else if (flag == "--rounding-tile") {
+      o.routing.tile = parse_int(flag, value(), 1, 1 << 20);
     } else if (flag == "--device") {
       const std::string_view v = value();
       if (v == "auto") o.device = DeviceChoice::Auto;
@@ -145,6 +169,9 @@ Options parse_options(int argc, char** argv) {
     throw UsageError("an explicit shape needs all of --T --H --I --E --K; missing: " + missing);
   }
   o.explicit_shape = given == 5;
+  if (o.kernels && o.routing.rounding)
+    throw UsageError("--kernels times the top-K layer's kernels; --routing " +
+                     routing_name(o.routing) + " applies to the layer bench only");
   if (o.explicit_shape) {
     if (o.K > o.E) throw UsageError("--K (" + std::to_string(o.K) + ") exceeds --E (" +
                                     std::to_string(o.E) + ")");
@@ -163,7 +190,7 @@ and check it against an fp64 oracle.
 
 Usage: sonicmoe-bench [--config NAME[,NAME...]|all | --T N --H N --I N --E N --K N]
                       [--activation A] [--bias] [--router R] [--device D]
-                      [--expert-bias-std X] [--warmup N] [--iters N] [--check C]
+                      [--routing M] [--rounding-tile N] [--expert-bias-std X] [--warmup N] [--iters N] [--check C]
                       [--tol X] [--seed N]
                       [--force] [--list] [--help]
        sonicmoe-bench --kernels [--config NAME[,NAME...]|all | --T .. --K ..]
@@ -178,6 +205,16 @@ Shape
   --activation A     swiglu (default) | geglu | reglu | gelu | relu | relu2 | silu
   --bias             add b1 / b2 (and time their gradients)
   --router R         topk_then_softmax (default) | softmax_then_topk
+  --routing M        topk (default) | round-nearest | round-up | round-down:
+                     token rounding (round_routing) after the router, each
+                     expert's count rounded to a multiple of the tile; the
+                     layer then runs the rounded general routing (N = the
+                     capacity, padding pairs dropped). The forward time
+                     includes round_routing; the router's backward is not
+                     defined for added pairs and is skipped (and said so).
+                     TF/s count the pairs actually computed (read back after
+                     timing); compare modes by their ms.
+  --rounding-tile N  the tile of --routing round-* (default 128, the M tile)
   --expert-bias-std X  the random router's logits are N(0,1) plus a per-expert
                      offset ~ N(0, X), so that loads are uneven as in training
                      (default 0.5: the hottest expert gets ~5x the mean load;

@@ -23,6 +23,7 @@ struct Options {
   Activation act = Activation::SwiGLU;
   bool bias = false;
   RouterOrder order = RouterOrder::TopKThenSoftmax;
+  RoutingChoice routing;  // --routing, --rounding-tile
   DeviceChoice device = DeviceChoice::Auto;
   int warmup = 5;
   int iters = 20;

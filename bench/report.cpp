@@ -102,20 +102,25 @@ std::string to_json(const RunResult& r) {
     << ", \"bwd_tflops\": " << json_number(r.bwd_tflops())
     << ", \"act_mem_bytes\": " << p.act_mem_bytes()
     << ", \"max_rel_err\": " << json_number(r.max_rel_err())
-    << ", \"dense_tflops\": " << json_number(r.dense_tflops()) << "}";
+    << ", \"dense_tflops\": " << json_number(r.dense_tflops());
+  if (p.rounded())
+    s << ", \"routing\": " << json_string(routing_name(p.routing)) << ", \"tile\": " << p.routing.tile
+      << ", \"pairs\": " << r.pairs() << ", \"topk_pairs\": " << p.pairs()
+      << ", \"round_ms\": " << json_number(r.round_ms) << ", \"router_backward\": \"skipped\"";
+  s << "}";
   return s.str();
 }
 
 void print_table(std::ostream& os, const std::vector<RunResult>& results) {
   const char* head[] = {"config",    "fwd ms",    "bwd ms",  "fwd TF/s",    "bwd TF/s",
                         "dense TF/s", "fwd/dense", "act MiB", "max rel err", "paper H100 fwd/bwd"};
-  const int width[] = {15, 10, 10, 9, 9, 10, 9, 9, 11, 18};
+  const int width[] = {24, 10, 10, 9, 9, 10, 9, 9, 11, 18};
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : results) {
     const auto dense = r.dense_tflops();
     const double ratio = dense ? r.fwd_tflops() / *dense : NAN;  // NAN prints "-"
     const Problem& p = r.problem;
-    rows.push_back({p.name, fixed(r.fwd_ms, 3), fixed(r.bwd_ms, 3), sig4(r.fwd_tflops()),
+    rows.push_back({p.name + (p.rounded() ? "/" + routing_name(p.routing) : ""), fixed(r.fwd_ms, 3), fixed(r.bwd_ms, 3), sig4(r.fwd_tflops()),
                     sig4(r.bwd_tflops()), sig4(dense), fixed(ratio, 2),
                     fixed(p.act_mem_bytes() / 1048576.0, 1), sci(r.max_rel_err()),
                     p.paper_fwd > 0 ? fixed(p.paper_fwd, 0) + " / " + fixed(p.paper_bwd, 0) : "-"});
@@ -133,6 +138,17 @@ void print_table(std::ostream& os, const std::vector<RunResult>& results) {
     os << "device: " << results.front().device
        << "; TF/s = TFLOP/s with FLOPs 6/12*T*K*H*I (gated) or 4/8 (non-gated); "
           "act MiB = what forward keeps for backward\n";
+  for (const auto& r : results) {
+    const Problem& p = r.problem;
+    if (!p.rounded()) continue;
+    os << p.name << "/" << routing_name(p.routing) << ": " << r.pairs() << " pairs computed ("
+       << std::fixed << std::setprecision(3) << double(r.pairs()) / double(p.pairs())
+       << "x the " << p.pairs() << " top-K pairs, tile " << p.routing.tile << ", capacity "
+       << p.capacity() << "); TF/s over the computed pairs; fwd ms includes round_routing ("
+       << fixed(r.round_ms, 3) << " ms); bwd ms is moe_backward only: router_backward is not "
+       << "defined for added pairs and was skipped\n";
+    os << std::defaultfloat;
+  }
   os.flush();
 }
 

@@ -18,18 +18,26 @@ struct RunResult {
   std::string device;                // GPU name, or "cpu (N threads)"
   double fwd_ms = 0, bwd_ms = 0;     // medians
   std::optional<double> dense_ms;    // cuBLAS reference of the forward's FLOPs (GPU only)
+  // Token rounding: the pairs the layer computed (read back after timing)
+  // and round_routing's own median time, part of fwd_ms.
+  int64_t computed_pairs = -1;       // -1: T*K
+  std::optional<double> round_ms;
   bool checked = false;
   std::vector<TensorError> errors;   // empty when not checked
 
-  double fwd_tflops() const { return problem.fwd_flops() / (fwd_ms * 1e-3) / 1e12; }
-  double bwd_tflops() const { return problem.bwd_flops() / (bwd_ms * 1e-3) / 1e12; }
+  int64_t pairs() const { return computed_pairs >= 0 ? computed_pairs : problem.pairs(); }
+  // Over the FLOPs actually computed: T*K pairs, or the rounded count.
+  double fwd_tflops() const { return problem.fwd_flops(pairs()) / (fwd_ms * 1e-3) / 1e12; }
+  double bwd_tflops() const { return problem.bwd_flops(pairs()) / (bwd_ms * 1e-3) / 1e12; }
   std::optional<double> dense_tflops() const;
   std::optional<double> max_rel_err() const;
   // Names of the tensors whose error exceeds tol.
   std::vector<std::string> failures(double tol) const;
 };
 
-// One line, no trailing newline.
+// One line, no trailing newline. BENCHMARK.md's keys; a rounded routing adds
+// "routing", "tile", "pairs" (computed), "topk_pairs", "round_ms" and
+// "router_backward": "skipped".
 std::string to_json(const RunResult& r);
 
 void print_table(std::ostream& os, const std::vector<RunResult>& results);

@@ -94,6 +94,13 @@ RunResult run_cpu(const Problem& p, const RunSettings& s) {
   r.fwd_ms = median(time_runs(s.iters, [&] { L.forward(nullptr); }));
   progress(tag, "backward timing: " + std::to_string(s.iters) + " runs");
   r.bwd_ms = median(time_runs(s.iters, [&] { L.backward(nullptr); }));
+  if (p.rounded()) {
+    r.round_ms = median(time_runs(s.iters, [&] { L.round(nullptr); }));
+    r.computed_pairs = L.computed_pairs();
+    progress(tag, routing_name(p.routing) + ": " + std::to_string(r.computed_pairs) +
+                      " pairs computed of " + std::to_string(p.pairs()) +
+                      " top-K pairs; router_backward skipped (not defined for added pairs)");
+  }
 
   if (p.check != CheckMode::None) {
     progress(tag, "check: forward + backward once more on poisoned outputs");

@@ -122,6 +122,12 @@ class DeviceLayerAccess final : public LayerAccess {
     return {device_rows(L_.dw1, {e}), device_rows(L_.db1, {e}), device_rows(L_.dw2, {e}),
             device_rows(L_.db2, {e})};
   }
+  RoundedPairs rounded_pairs() override {
+    std::vector<float> score(L_.round_score.t.numel());
+    L_.round_score.buf->download(score.data());
+    return collect_pairs(device_all_ints(L_.round_token), device_all_ints(L_.round_expert), score,
+                         device_all_ints(L_.num_pairs)[0]);
+  }
 
  private:
   const BenchLayer& L_;
@@ -226,6 +232,14 @@ RunResult run_gpu(const Problem& p, const RunSettings& st) {
     r.fwd_ms = median(time_runs(st.iters, stream.s, [&] { L.forward(s); }));
     progress(tag, "backward timing: " + std::to_string(st.iters) + " runs, CUDA events");
     r.bwd_ms = median(time_runs(st.iters, stream.s, [&] { L.backward(s); }));
+    if (p.rounded()) {
+      r.round_ms = median(time_runs(st.iters, stream.s, [&] { L.round(s); }));
+      r.computed_pairs = L.computed_pairs();  // the timed runs' count: same inputs every run
+      progress(tag, routing_name(p.routing) + ": " + std::to_string(r.computed_pairs) +
+                        " pairs computed of " + std::to_string(p.pairs()) +
+                        " top-K pairs; round_routing " + std::to_string(*r.round_ms) +
+                        " ms; router_backward skipped (not defined for added pairs)");
+    }
 
     if (p.check != CheckMode::None) {
       progress(tag, "check: forward + backward once more on poisoned outputs");
