@@ -12,9 +12,10 @@ See docs/PYTHON.md.
 from . import ops  # noqa: F401  (registers the custom ops)
 from ._lib import (LibraryNotFoundError, SonicMoEError, SonicMoEInvalidArgument,
                    available as library_available, library_path)
-from .enums import ActivationType, KernelBackendMoE, RouterOrder, is_glu
+from .enums import ActivationType, KernelBackendMoE, RouterOrder, TokenRounding, is_glu
 from .functional import (deinterleave_gate_up, interleave_gate_up, moe_general_routing_inputs,
-                         moe_TC_softmax_topk_layer, softmax_topk_router, switch_aux_loss)
+                         moe_TC_softmax_topk_layer, round_routing, softmax_topk_router,
+                         switch_aux_loss)
 from .moe import MoE, Experts
 
 __version__ = "0.1.0"
@@ -28,9 +29,10 @@ def library_version() -> str:
 
 
 __all__ = [
-    "ActivationType", "KernelBackendMoE", "RouterOrder", "is_glu",
+    "ActivationType", "KernelBackendMoE", "RouterOrder", "TokenRounding", "is_glu",
     "MoE", "Experts",
     "moe_TC_softmax_topk_layer", "moe_general_routing_inputs", "softmax_topk_router",
+    "round_routing",
     "switch_aux_loss", "interleave_gate_up", "deinterleave_gate_up",
     "SonicMoEError", "SonicMoEInvalidArgument", "LibraryNotFoundError",
     "library_available", "library_path", "library_version",

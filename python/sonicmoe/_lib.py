@@ -31,6 +31,8 @@ _LIB_NAME = "libsonicmoe.so"
 DTYPE_BF16, DTYPE_F32, DTYPE_I32 = 0, 1, 2
 DEVICE_CPU, DEVICE_CUDA = 0, 1
 MODE_TRAINING, MODE_INFERENCE = 0, 1
+ROUNDING_NEAREST, ROUNDING_UP, ROUNDING_DOWN = 0, 1, 2
+NO_EXPERT = -1  # the expert id of a padding pair
 
 STATUS_NAMES = {
     0: "ok",
@@ -132,6 +134,17 @@ class BackwardArgs(ctypes.Structure):
     ]
 
 
+class RoundRoutingArgs(ctypes.Structure):
+    _fields_ = [
+        ("logits", Tensor), ("topk_ids", Tensor), ("topk_scores", Tensor),
+        ("tile", ctypes.c_int64),
+        ("mode", ctypes.c_int32),
+        ("reserved", ctypes.c_int32),
+        ("token_ids", Tensor), ("expert_ids", Tensor), ("scores", Tensor), ("num_pairs", Tensor),
+        ("workspace", Workspace),
+    ]
+
+
 _P = ctypes.POINTER
 _c_status = ctypes.c_int32
 _PROTOTYPES = {
@@ -147,6 +160,13 @@ _PROTOTYPES = {
     "smoe_routing_from_pairs": (_c_status, [_P(Tensor), _P(Tensor), ctypes.c_int64,
                                             ctypes.c_int64, _P(Routing), Workspace,
                                             ctypes.c_void_p]),
+    "smoe_round_routing_capacity": (_c_status, [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                                ctypes.c_int64, ctypes.c_int32,
+                                                _P(ctypes.c_int64)]),
+    "smoe_round_routing_workspace_size": (_c_status, [ctypes.c_int32, ctypes.c_int32,
+                                                      ctypes.c_int64, ctypes.c_int64,
+                                                      _P(ctypes.c_size_t)]),
+    "smoe_round_routing": (_c_status, [_P(RoundRoutingArgs), ctypes.c_void_p]),
     "smoe_moe_forward_workspace_size": (_c_status, [ctypes.c_int32, ctypes.c_int32, _P(Problem),
                                                     ctypes.c_int32, _P(ctypes.c_size_t)]),
     "smoe_moe_forward": (_c_status, [_P(ForwardArgs), ctypes.c_void_p]),
@@ -367,6 +387,34 @@ def routing_from_pairs(token_ids, expert_ids, num_tokens, num_experts, routing) 
                                      ctypes.byref(describe(expert_ids)), int(num_tokens),
                                      int(num_experts), ctypes.byref(_routing(routing)), ws,
                                      _stream(token_ids)))
+    del keep
+
+
+def round_routing_capacity(num_tokens, num_experts, k, tile, mode) -> int:
+    """Pairs round_routing's outputs hold (the library's own answer)."""
+    out = ctypes.c_int64(0)
+    _check("smoe_round_routing_capacity",
+           lib().smoe_round_routing_capacity(int(num_tokens), int(num_experts), int(k), int(tile),
+                                             int(mode), ctypes.byref(out)))
+    return int(out.value)
+
+
+def round_routing(logits, topk_ids, topk_scores, tile, mode,
+                  token_ids, expert_ids, scores, num_pairs) -> None:
+    L = lib()
+    T, E = logits.shape
+    dt, di = _device(logits)
+    size = ctypes.c_size_t(0)
+    _check("smoe_round_routing_workspace_size",
+           L.smoe_round_routing_workspace_size(dt, di, int(T), int(E), ctypes.byref(size)))
+    keep, ws = _workspace(int(size.value), logits.device)
+    a = RoundRoutingArgs()
+    a.logits, a.topk_ids, a.topk_scores = describe(logits), describe(topk_ids), describe(topk_scores)
+    a.tile, a.mode = int(tile), int(mode)
+    a.token_ids, a.expert_ids = describe(token_ids), describe(expert_ids)
+    a.scores, a.num_pairs = describe(scores), describe(num_pairs)
+    a.workspace = ws
+    _check("smoe_round_routing", L.smoe_round_routing(ctypes.byref(a), _stream(logits)))
     del keep
 
 

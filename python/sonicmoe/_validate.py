@@ -100,11 +100,15 @@ def multiple_of_8(fn: str, what: str, v: int) -> None:
                          f"sonicmoe backend, got {v}")
 
 
-def index_range(fn: str, name: str, t: torch.Tensor, lo: int, hi: int) -> None:
-    """Values in [lo, hi); CPU tensors only (no host sync on CUDA)."""
+def index_range(fn: str, name: str, t: torch.Tensor, lo: int, hi: int,
+                padding: int | None = None) -> None:
+    """Values in [lo, hi), or equal to `padding`; CPU tensors only (no host
+    sync on CUDA)."""
     if t.device.type != "cpu" or t.numel() == 0 or not is_real(t):
         return
     bad = (t < lo) | (t >= hi)
+    if padding is not None:
+        bad &= t != padding
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0]) if t.dim() == 1 else int(bad.flatten().nonzero()[0, 0])
         v = int(t.flatten()[i])

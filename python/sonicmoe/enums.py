@@ -125,3 +125,32 @@ def as_router_order(o, name: str = "router_order") -> RouterOrder:
                          f"'softmax_then_topk', got {o!r}")
     raise TypeError(f"sonicmoe: argument '{name}': expected a RouterOrder or a str, "
                     f"got {type(o).__name__}")
+
+
+class TokenRounding(Enum):
+    """Token rounding (tile-aware routing): each expert's top-K count is
+    rounded to a multiple of the tile. Values are the C ABI's."""
+
+    NEAREST = 0  # to the nearest multiple, ties to even
+    UP = 1       # experts take their best non-picks: no token loses a pick
+    DOWN = 2     # experts drop their lowest-scoring picks: no pair is added
+
+    nearest = 0
+    up = 1
+    down = 2
+
+
+_ROUNDING_BY_NAME = {m.name.lower(): m for m in TokenRounding}
+
+
+def as_token_rounding(r, name: str = "token_rounding") -> TokenRounding:
+    if isinstance(r, TokenRounding):
+        return r
+    if isinstance(r, str):
+        m = _ROUNDING_BY_NAME.get(r.strip().lower())
+        if m is not None:
+            return m
+        raise ValueError(f"sonicmoe: argument '{name}': expected 'nearest', 'up' or 'down', "
+                         f"got {r!r}")
+    raise TypeError(f"sonicmoe: argument '{name}': expected a TokenRounding or a str, "
+                    f"got {type(r).__name__}")

@@ -26,13 +26,15 @@ import torch.nn.functional as F
 
 from . import _validate as V
 from . import ops, reference
-from .enums import (ActivationType, KernelBackendMoE, RouterOrder, activation_code,
-                    as_activation, as_backend, as_router_order, is_glu)
+from .enums import (ActivationType, KernelBackendMoE, RouterOrder, TokenRounding,
+                    activation_code, as_activation, as_backend, as_router_order,
+                    as_token_rounding, is_glu)
 
 _BF16 = (torch.bfloat16,)
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _INDEX = (torch.int32, torch.int64)
 _INT32_MAX = 2**31 - 1
+_NO_EXPERT = -1  # a padding pair's expert id (round_routing)
 
 
 # ------------------------------------------------------------------ layout --
@@ -217,6 +219,8 @@ def moe_TC_softmax_topk_layer(
     kernel_backend_moe: KernelBackendMoE | str = KernelBackendMoE.sonicmoe,
     is_concatenated_gate_up: bool = False,
     stream_id: int | None = None,
+    token_rounding: TokenRounding | str | None = None,
+    rounding_tile: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token-choice top-K MoE layer.
 
@@ -230,7 +234,14 @@ def moe_TC_softmax_topk_layer(
     `is_inference_mode_enabled` keeps nothing for backward (the output
     cannot be differentiated). `router_order`: TOPK_THEN_SOFTMAX (softmax over
     the K picked logits) or SOFTMAX_THEN_TOPK (softmax over all E, then the
-    K largest; divided by their sum when `renormalize`)."""
+    K largest; divided by their sum when `renormalize`).
+
+    `token_rounding` ('nearest', 'up', 'down'; None: plain top-K) rounds each
+    expert's count to a multiple of `rounding_tile` after the router
+    (round_routing) and runs the experts on that general routing
+    (moe_general_routing_inputs); expert_frequency then counts the rounded
+    pairs. The routing runs in libsonicmoe whatever the expert backend.
+    Gradients: see round_routing (added pairs' scores are constants)."""
     fn = "moe_TC_softmax_topk_layer"
     activation_type, inference, _ = _compat_positional(
         activation_type, is_inference_mode_enabled, _upstream_extra, stream_id)
@@ -241,6 +252,16 @@ def moe_TC_softmax_topk_layer(
              expect="(E, H)", contiguous=False)
     V.integer(fn, "K", K, 1, E)
     logits = _router_logits(x, router_w)
+    if token_rounding is not None:
+        if backend == KernelBackendMoE.sonicmoe:
+            scores, ids = ops.router_forward(logits, K, order.value, bool(renormalize))
+        else:
+            scores, ids = reference.router(logits, K, order, bool(renormalize))
+        z = logits if logits.dtype in (torch.float32, torch.bfloat16) else logits.float()
+        tok, exp, sc, _num = round_routing(z, ids, scores, rounding_tile, token_rounding)
+        out, freq = moe_general_routing_inputs(
+            x, sc, tok, exp, w1, b1, w2, b2, E, act, inference, kernel_backend_moe=backend)
+        return out, logits, freq
     if backend != KernelBackendMoE.sonicmoe:
         impl = reference.moe_reference if backend == KernelBackendMoE.torch \
             else reference.moe_grouped_mm
@@ -277,7 +298,9 @@ def moe_general_routing_inputs(
 
     router_scores [N] (any floating dtype; computed in fp32); token_indices,
     expert_indices [N] int32 or int64, token_indices non-decreasing in
-    [0, T), expert_indices in [0, E). Returns (output [T, H],
+    [0, T), expert_indices in [0, E), or -1 for a padding pair (what
+    round_routing writes past its pair count), which is dropped: it counts
+    for no expert and its score gets gradient 0. Returns (output [T, H],
     expert_frequency int32 [E]). Gradients flow to x, router_scores, w1, b1,
     w2, b2.
 
@@ -303,7 +326,7 @@ def moe_general_routing_inputs(
     if N > _INT32_MAX:
         raise ValueError(f"sonicmoe.{fn}: at most 2^31-1 pairs, got {N}")
     V.index_range(fn, "token_indices", token_indices, 0, T)
-    V.index_range(fn, "expert_indices", expert_indices, 0, E)
+    V.index_range(fn, "expert_indices", expert_indices, 0, E, padding=_NO_EXPERT)
     V.non_decreasing(fn, "token_indices", token_indices)
     if backend != KernelBackendMoE.sonicmoe:
         impl = reference.moe_reference if backend == KernelBackendMoE.torch \
@@ -317,6 +340,47 @@ def moe_general_routing_inputs(
     out, _h = ops.moe_forward(x, w1, b1, w2, b2, scores, *routing, activation_code(act),
                               _keep_h(inference, x, w1, b1, w2, b2, scores))
     return out, routing[0]
+
+
+def round_routing(logits: torch.Tensor, topk_ids: torch.Tensor, topk_scores: torch.Tensor,
+                  tile: int = 128, mode: TokenRounding | str = TokenRounding.NEAREST):
+    """Token rounding (tile-aware routing) of a top-K routing.
+
+    logits [T, E] f32 or bf16 (the router's input), topk_ids [T, K] int32 or
+    int64 in [0, E), topk_scores [T, K] (the router's outputs). Each expert's
+    count is rounded to a multiple of `tile` ('nearest' with ties to even,
+    'up' or 'down', capped at T): an expert that must drop tokens drops its
+    lowest-scoring picks, one that must take more takes the tokens with the
+    highest raw probability softmax(logits[t])[e] among those that did not
+    pick it (every pick outranks every non-pick).
+
+    Returns (token_ids int32 [C], expert_ids int32 [C], scores f32 [C],
+    num_pairs int32 [1]) sorted by token then expert, C the capacity
+    (ops.round_routing_capacity: T*K + E*(tile-1) for 'up', T*K + E*(tile//2)
+    for 'nearest', T*K for 'down', at most T*E). The pair count stays on the
+    device (no host sync): the tail [num_pairs, C) is padding (token T-1,
+    expert -1, score 0), which moe_general_routing_inputs drops; pass the
+    four outputs to it as they are.
+
+    Gradients: a kept pick's score is its top-K score and its gradient flows
+    to topk_scores (and from there through the router to the logits); an
+    added pair's score, the raw probability, is treated as a constant (no
+    gradient reaches the logits through it), like padding."""
+    fn = "round_routing"
+    m = as_token_rounding(mode, "mode")
+    V.tensor(fn, "logits", logits, dtypes=(torch.float32, torch.bfloat16), ndim=2,
+             expect="(T, E)", align=4, contiguous=False)
+    T, E = logits.shape
+    V.tensor(fn, "topk_ids", topk_ids, dtypes=_INDEX, ndim=2, expect="(T, K)",
+             device=logits.device, contiguous=False)
+    K = topk_ids.shape[1]
+    V.tensor(fn, "topk_ids", topk_ids, shape=(T, K), expect="(T, K)")
+    V.tensor(fn, "topk_scores", topk_scores, dtypes=_FLOATS, shape=(T, K), expect="(T, K)",
+             device=logits.device, contiguous=False)
+    V.integer(fn, "tile", tile, 1, _INT32_MAX)
+    V.index_range(fn, "topk_ids", topk_ids, 0, E)
+    return ops.round_routing(logits.contiguous(), topk_ids.to(torch.int32).contiguous(),
+                             topk_scores.to(torch.float32).contiguous(), int(tile), m.value)
 
 
 def switch_aux_loss(router_logits: torch.Tensor, expert_frequency: torch.Tensor) -> torch.Tensor:

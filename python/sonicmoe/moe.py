@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from . import functional as Fm
-from .enums import (ActivationType, KernelBackendMoE, RouterOrder, as_activation, as_backend,
-                    as_router_order, is_glu)
+from .enums import (ActivationType, KernelBackendMoE, RouterOrder, TokenRounding,
+                    as_activation, as_backend, as_router_order, as_token_rounding, is_glu)
 
 
 class Experts(nn.Module):
@@ -53,14 +53,22 @@ class MoE(nn.Module):
     (``moe.to(torch.bfloat16)``); the torch backend takes any float dtype.
 
     Keyword-only extras beyond upstream: ``router_order`` and
-    ``renormalize`` (softmax-then-top-K routers, as in Qwen3 / DeepSeek)."""
+    ``renormalize`` (softmax-then-top-K routers, as in Qwen3 / DeepSeek);
+    ``token_rounding`` ('nearest', 'up', 'down'; None: plain top-K) and
+    ``rounding_tile`` (128): after the router each expert's count is rounded
+    to a multiple of the tile (functional.round_routing) and the experts run
+    on that general routing, so that no grouped-GEMM tile is partly empty.
+    Kept picks' scores pass their gradient to the router; pairs that rounding
+    added score the raw softmax probability and pass none (constants)."""
 
     def __init__(self, num_experts: int, num_experts_per_tok: int, hidden_size: int,
                  intermediate_size: int,
                  activation_function: ActivationType | str = ActivationType.SWIGLU,
                  add_bias: bool = False, std: float = 0.02, *,
                  router_order: RouterOrder | str = RouterOrder.TOPK_THEN_SOFTMAX,
-                 renormalize: bool = False) -> None:
+                 renormalize: bool = False,
+                 token_rounding: TokenRounding | str | None = None,
+                 rounding_tile: int = 128) -> None:
         super().__init__()
         act = as_activation(activation_function, "activation_function")
         if not 1 <= num_experts_per_tok <= num_experts:
@@ -73,6 +81,13 @@ class MoE(nn.Module):
         self.activation_function = act
         self.router_order = as_router_order(router_order)
         self.renormalize = bool(renormalize)
+        self.token_rounding = (None if token_rounding is None
+                               else as_token_rounding(token_rounding, "token_rounding"))
+        if isinstance(rounding_tile, bool) or not isinstance(rounding_tile, int) \
+                or rounding_tile < 1:
+            raise ValueError(f"sonicmoe.MoE: argument 'rounding_tile': expected a positive int, "
+                             f"got {rounding_tile!r}")
+        self.rounding_tile = rounding_tile
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         self.c_fc = Experts(num_experts, hidden_size,
                             2 * intermediate_size if is_glu(act) else intermediate_size,
@@ -95,7 +110,8 @@ class MoE(nn.Module):
             self.c_proj.bias, self.top_k, self.activation_function,
             is_inference_mode or not self.training,
             router_order=self.router_order, renormalize=self.renormalize,
-            kernel_backend_moe=as_backend(kernel_backend_moe))
+            kernel_backend_moe=as_backend(kernel_backend_moe),
+            token_rounding=self.token_rounding, rounding_tile=self.rounding_tile)
         out = out.view(shape)
         aux_loss = None if is_inference_mode else Fm.switch_aux_loss(logits, freq)
         return out, aux_loss
@@ -177,4 +193,7 @@ class MoE(nn.Module):
     def extra_repr(self) -> str:
         return (f"num_experts={self.num_experts}, top_k={self.top_k}, "
                 f"activation={self.activation_function.value}, "
-                f"router_order={self.router_order.name.lower()}, renormalize={self.renormalize}")
+                f"router_order={self.router_order.name.lower()}, renormalize={self.renormalize}"
+                + ("" if self.token_rounding is None else
+                   f", token_rounding={self.token_rounding.name.lower()}, "
+                   f"rounding_tile={self.rounding_tile}"))

@@ -8,8 +8,9 @@ routing), so the ops have exact fake implementations: torch.compile traces
 them with fullgraph=True and CUDA graphs capture them (no host syncs).
 
 Autograd: router_forward -> router_backward, moe_forward -> moe_backward,
-permute_gate_up -> its inverse. The routing ops produce int32 metadata and
-are not differentiable.
+permute_gate_up -> its inverse, round_routing -> its scores' gradient to
+topk_scores (below). The routing ops produce int32 metadata and are not
+differentiable.
 
 Ops (all functional, no input is mutated):
   sonicmoe::router_forward(logits, k, order, renormalize) -> (scores f32 [T,K], ids i32 [T,K])
@@ -21,6 +22,10 @@ Ops (all functional, no input is mutated):
   sonicmoe::moe_backward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, h, dout)
       -> (dx, dw1, db1 (empty if no b1), dw2, db2 (empty if no b2), dscores)
   sonicmoe::permute_gate_up(src, inverse) -> dst   (HF [gate; up] rows <-> interleaved)
+  sonicmoe::round_routing(logits, topk_ids, topk_scores, tile, mode)
+      -> (token_ids i32 [C], expert_ids i32 [C], scores f32 [C], num_pairs i32 [1]),
+      C = round_routing_capacity(T, E, K, tile, mode); the tail past num_pairs
+      is padding (expert -1, score 0), which routing_from_pairs and the layer drop
 """
 
 from __future__ import annotations
@@ -152,6 +157,67 @@ def routing_from_pairs(token_ids, expert_ids, num_tokens: int, num_experts: int)
 def _(token_ids, expert_ids, num_tokens, num_experts):
     return _routing_like(token_ids.device, num_tokens, num_experts, token_ids.shape[0])
 
+
+# ---------------------------------------------------------- token rounding --
+
+
+def round_routing_capacity(T: int, E: int, K: int, tile: int, mode: int) -> int:
+    """The pairs round_routing's outputs hold: the library's formula
+    (sonicmoe.hpp, round_routing_capacity), in Python so that fake tensors
+    and torch.compile need no library call to know the shapes."""
+    if mode == _lib.ROUNDING_DOWN:
+        return T * K
+    extra = E * (tile - 1) if mode == _lib.ROUNDING_UP else E * (tile // 2)
+    return min(T * K + extra, T * E)
+
+
+def _rounded_like(logits, K, tile, mode):
+    T, E = logits.shape
+    C = round_routing_capacity(T, E, K, tile, mode)
+    e = lambda dt: torch.empty(C, dtype=dt, device=logits.device)  # noqa: E731
+    return e(_I32), e(_I32), e(_F32), torch.empty(1, dtype=_I32, device=logits.device)
+
+
+@torch.library.custom_op("sonicmoe::round_routing", mutates_args=(),
+                         schema="(Tensor logits, Tensor topk_ids, Tensor topk_scores, int tile, "
+                                "int mode) -> (Tensor, Tensor, Tensor, Tensor)")
+def round_routing(logits, topk_ids, topk_scores, tile: int, mode: int):
+    logits, topk_ids, topk_scores = _a4(logits), _a4(topk_ids), _a4(topk_scores)
+    out = _rounded_like(logits, topk_ids.shape[1], tile, mode)
+    _lib.round_routing(logits, topk_ids, topk_scores, tile, mode, *out)
+    return out
+
+
+@round_routing.register_fake
+def _(logits, topk_ids, topk_scores, tile, mode):
+    return _rounded_like(logits, topk_ids.shape[1], tile, mode)
+
+
+def _round_setup(ctx, inputs, output):
+    logits, topk_ids, topk_scores, tile, mode = inputs
+    ctx.save_for_backward(topk_ids, output[0], output[1])
+    ctx.mark_non_differentiable(output[0], output[1], output[3])
+
+
+def _round_backward(ctx, _dtok, _dexp, dscores, _dnum):
+    """A kept pick's score is its top-K score: its gradient goes to that
+    (token, slot) of topk_scores (the first slot naming the expert, should a
+    row name it twice). Added pairs' scores (the raw softmax probability)
+    and padding are constants: no gradient reaches the logits through them.
+    Plain tensor ops, no host synchronisation."""
+    topk_ids, tok, exp = ctx.saved_tensors
+    if dscores is None:
+        return None, None, None, None, None
+    T, K = topk_ids.shape
+    t = tok.long().clamp(0, T - 1)
+    match = topk_ids.index_select(0, t) == exp.unsqueeze(1)          # [C, K]
+    first = match & (match.int().cumsum(1) == 1)
+    g = first.to(_F32) * dscores.to(_F32).unsqueeze(1)
+    dtopk = torch.zeros(T, K, dtype=_F32, device=dscores.device).index_add_(0, t, g)
+    return None, None, dtopk, None, None
+
+
+round_routing.register_autograd(_round_backward, setup_context=_round_setup)
 
 # ------------------------------------------------------------------- layer --
 
