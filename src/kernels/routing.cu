@@ -1,7 +1,10 @@
 // GPU routing: the fused top-K + softmax router, its backward, and the
 // routing metadata. Interface and contract: routing.cuh.
 //
-// Router (one warp per row, 4 rows per 128-thread block)
+// Router (one warp per row, 4 rows per 128-thread block). f32 rows with
+// E <= 512 and K <= 16 go to the bitonic router (router_bitonic.cu), which
+// gives the same bits as the kernel below and falls back on it per row for
+// near-ties; this kernel serves every other shape and SONICMOE_ROUTER=select.
 //   router_forward_kernel<L, VPT, SoftmaxFirst>
 //     E <= 1024: the row's order keys sit in registers (VPT = E/32 rounded up
 //     to a power of two); larger E streams the row from memory (VPT = 0).
@@ -57,12 +60,15 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include <cub/cub.cuh>
 #include <cuda/functional>
 
 #include "common/workspace.hpp"
+#include "kernels/router_bitonic.cuh"
 #include "kernels/routing_detail.cuh"
 
 namespace sonicmoe::cuda {
@@ -115,45 +121,6 @@ struct BackwardParams {
   bool renormalize;
 };
 
-// K rounds of warp arg-max. Slot k's score is formed as the reference forms
-// it, and `total` adds them in slot order like the reference's sum. Lane k
-// keeps slot k < 32 in registers for one coalesced store at the end; later
-// slots go to memory as they come and are normalised by the lane that wrote
-// them (its own writes, so no fence is needed).
-template <bool kSoftmaxFirst, class Row>
-__device__ void select_and_score(Row& row, int32_t k, bool renormalize, float* scores,
-                                 int32_t* ids, int lane) {
-  float m = 0.0f, denom = 1.0f, total = 0.0f, my_score = 0.0f;
-  int32_t my_id = 0;
-  for (int32_t slot = 0; slot < k; ++slot) {
-    const kernels::Candidate pick = kernels::warp_best(row.candidate());
-    if (slot == 0) {
-      m = pick.value;  // the reference's max: the top logit
-      if constexpr (kSoftmaxFirst) denom = row.exp_sum(m);
-    }
-    float s = expf(pick.value - m);
-    if constexpr (kSoftmaxFirst) s /= denom;
-    total += s;
-    if (slot < kWarp) {
-      if (lane == slot) {
-        my_score = s;
-        my_id = pick.index;
-      }
-    } else if (lane == slot % kWarp) {
-      scores[slot] = s;
-      ids[slot] = pick.index;
-    }
-    if (slot + 1 < k) row.remove(pick);
-  }
-  const bool normalize = !kSoftmaxFirst || renormalize;
-  if (lane < k) {
-    ids[lane] = my_id;
-    scores[lane] = normalize ? my_score / total : my_score;
-  }
-  if (normalize)
-    for (int32_t slot = lane + kWarp; slot < k; slot += kWarp) scores[slot] /= total;
-}
-
 template <class L, int VPT, bool kSoftmaxFirst>
 __global__ void __launch_bounds__(kRouterThreads) router_forward_kernel(const ForwardParams<L> p) {
   const int lane = threadIdx.x % kWarp;
@@ -164,10 +131,10 @@ __global__ void __launch_bounds__(kRouterThreads) router_forward_kernel(const Fo
   int32_t* ids = p.ids + row * p.k;
   if constexpr (VPT > 0) {
     kernels::RegisterRow<L, VPT> r(z, p.experts, lane);
-    select_and_score<kSoftmaxFirst>(r, p.k, p.renormalize, scores, ids, lane);
+    kernels::select_and_score<kSoftmaxFirst>(r, p.k, p.renormalize, scores, ids, lane);
   } else {
     kernels::StreamingRow<L> r(z, p.experts, lane);
-    select_and_score<kSoftmaxFirst>(r, p.k, p.renormalize, scores, ids, lane);
+    kernels::select_and_score<kSoftmaxFirst>(r, p.k, p.renormalize, scores, ids, lane);
   }
 }
 
@@ -666,7 +633,15 @@ void run_routing(const RoutingPlan& plan, const PairSource& src, const RoutingSc
 
 // ====================================================================== API
 
+// SONICMOE_ROUTER=select keeps the first version (the bench compares the two);
+// by default the bitonic router takes every shape it applies to.
+bool use_bitonic_router(const RouterArgs& args) {
+  const char* choice = std::getenv("SONICMOE_ROUTER");
+  return bitonic_router_applies(args) && !(choice && std::string_view(choice) == "select");
+}
+
 void router_forward(const RouterArgs& args, cudaStream_t stream) {
+  if (use_bitonic_router(args)) return bitonic_router_forward(args, stream);
   if (args.logits.dtype == DType::BF16) router_forward_typed<__nv_bfloat16>(args, stream);
   else router_forward_typed<float>(args, stream);
 }

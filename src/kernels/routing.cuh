@@ -14,6 +14,9 @@
 
 namespace sonicmoe::cuda {
 
+// The bitonic router (router_bitonic.cuh) where it applies (f32 logits,
+// E <= 512, K <= 16), else router_forward_kernel; both give the same bits.
+// SONICMOE_ROUTER=select forces the latter (read at each call).
 void router_forward(const RouterArgs& args, cudaStream_t stream);
 void router_backward(const RouterBackwardArgs& args, cudaStream_t stream);
 

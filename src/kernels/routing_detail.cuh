@@ -188,6 +188,46 @@ class StreamingRow {
   Candidate best_;
 };
 
+// ---------------------------------------------------------- the selection --
+// K rounds of warp arg-max. Slot k's score is formed as the reference forms
+// it, and `total` adds them in slot order like the reference's sum. Lane k
+// keeps slot k < 32 in registers for one coalesced store at the end; later
+// slots go to memory as they come and are normalised by the lane that wrote
+// them (its own writes, so no fence is needed).
+template <bool kSoftmaxFirst, class Row>
+__device__ void select_and_score(Row& row, int32_t k, bool renormalize, float* scores,
+                                 int32_t* ids, int lane) {
+  float m = 0.0f, denom = 1.0f, total = 0.0f, my_score = 0.0f;
+  int32_t my_id = 0;
+  for (int32_t slot = 0; slot < k; ++slot) {
+    const Candidate pick = warp_best(row.candidate());
+    if (slot == 0) {
+      m = pick.value;  // the reference's max: the top logit
+      if constexpr (kSoftmaxFirst) denom = row.exp_sum(m);
+    }
+    float s = expf(pick.value - m);
+    if constexpr (kSoftmaxFirst) s /= denom;
+    total += s;
+    if (slot < kWarp) {
+      if (lane == slot) {
+        my_score = s;
+        my_id = pick.index;
+      }
+    } else if (lane == slot % kWarp) {
+      scores[slot] = s;
+      ids[slot] = pick.index;
+    }
+    if (slot + 1 < k) row.remove(pick);
+  }
+  const bool normalize = !kSoftmaxFirst || renormalize;
+  if (lane < k) {
+    ids[lane] = my_id;
+    scores[lane] = normalize ? my_score / total : my_score;
+  }
+  if (normalize)
+    for (int32_t slot = lane + kWarp; slot < k; slot += kWarp) scores[slot] /= total;
+}
+
 // ------------------------------------------------------ router backward math --
 // One slot of a row's top-K. An id outside [0, E) is an absent slot: it
 // takes no part in any sum and receives no gradient.
