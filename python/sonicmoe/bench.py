@@ -19,6 +19,9 @@ speed-of-light reference).
 One JSON object per (config, impl) goes to stdout (BENCHMARK.md's fields; a
 skipped pair has null figures and a "skipped" reason); tables and progress go
 to stderr. --plot PATH writes a bar chart when matplotlib is installed.
+
+--topk times the router alone instead (bench_topk.py): the library's fused
+top-K + softmax (both its kernels) against torch.topk + softmax.
 """
 
 from __future__ import annotations
@@ -332,6 +335,13 @@ def main(argv=None) -> int:
                     help="on CPU, skip configs above this many GFLOP per training step")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--topk", action="store_true",
+                    help="time the router alone against torch.topk + softmax (bench_topk.py)")
+    ap.add_argument("--topk-T", type=int, default=32768, help="--topk: tokens (rows)")
+    ap.add_argument("--topk-experts", default="64,128,256,512", help="--topk: values of E")
+    ap.add_argument("--topk-k", default="4,8,16", help="--topk: values of K")
+    ap.add_argument("--topk-orders", default="topk_then_softmax,softmax_then_topk",
+                    help="--topk: router orders")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -356,6 +366,10 @@ def main(argv=None) -> int:
              "per-expert loop")
 
     timer = _Timer(device)
+    if args.topk:
+        from . import bench_topk
+
+        return bench_topk.run(args, timer, device, _device_name(device))
     records = []
     bar = _progress(len(names) * len(impls))
     for name in names:
