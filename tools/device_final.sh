@@ -14,3 +14,7 @@ echo "== uniform loads (--expert-bias-std 0), engine hopper"
 SONICMOE_ENGINE=hopper timeout 120 .dev/sonicmoe-bench --config 7b-n256,7b-n1024,30b-n1024,120b-n2048 \
   --check none --expert-bias-std 0 > "$out/final-uniform.jsonl" 2> "$out/final-uniform.err"
 echo "rc=$?"; sed -n '/^config/,$p' "$out/final-uniform.err"
+echo "== pytest on the GPU"
+SONICMOE_LIBRARY=$PWD/.dev/libsonicmoe.so PYTHONPATH=$PWD/python timeout 250 \
+  python3 -m pytest -q -p no:cacheprovider python/tests > "$out/pytest.log" 2>&1
+echo "rc=$?"; tail -2 "$out/pytest.log"
