@@ -234,22 +234,7 @@ std::vector<TensorError> check_sampled(const Problem& p, LayerAccess& access) {
   // The sampled tokens' pairs are t*K + k in token order: the [S, K] rows.
   rows("dscores", access.dscores_rows(S.tokens), ref.dscores);
 
-  Stats dw1, db1, dw2, db2;
-  for (size_t x = 0; x < S.experts.size(); ++x) {
-    const testing::ExpertTensors lib = access.expert_grads(S.experts[x]);
-    dw1.add(lib.w1, ref.dw1[x]);
-    dw2.add(lib.w2, ref.dw2[x]);
-    if (p.bias) {
-      db1.add(lib.b1, ref.db1[x]);
-      db2.add(lib.b2, ref.db2[x]);
-    }
-  }
-  errors.push_back(dw1.error("dw1", expert_note.str()));
-  errors.push_back(dw2.error("dw2", expert_note.str()));
-  if (p.bias) {
-    errors.push_back(db1.error("db1", expert_note.str()));
-    errors.push_back(db2.error("db2", expert_note.str()));
-  }
+  check_expert_grads(access, S.experts, ref, p.bias, expert_note.str(), errors);
   errors.push_back(
       check_dlogits(p, S.tokens, logits, ids, ref.dscores, access.dlogits_rows(S.tokens), token_note));
   return errors;

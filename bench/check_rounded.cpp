@@ -113,22 +113,7 @@ std::vector<TensorError> check_sampled_rounded(const Problem& p, LayerAccess& ac
   for (int64_t i : ref.pairs) at.push_back(pairs.index[i]);
   rows("dscores", access.dscores_rows(at), ref.dscores);
 
-  Stats dw1, db1, dw2, db2;
-  for (size_t x = 0; x < S.experts.size(); ++x) {
-    const testing::ExpertTensors lib = access.expert_grads(S.experts[x]);
-    dw1.add(lib.w1, ref.dw1[x]);
-    dw2.add(lib.w2, ref.dw2[x]);
-    if (p.bias) {
-      db1.add(lib.b1, ref.db1[x]);
-      db2.add(lib.b2, ref.db2[x]);
-    }
-  }
-  errors.push_back(dw1.error("dw1", expert_note.str()));
-  errors.push_back(dw2.error("dw2", expert_note.str()));
-  if (p.bias) {
-    errors.push_back(db1.error("db1", expert_note.str()));
-    errors.push_back(db2.error("db2", expert_note.str()));
-  }
+  check_expert_grads(access, S.experts, ref, p.bias, expert_note.str(), errors);
   return errors;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "sampled.hpp"
 
 namespace sonicmoe::bench {
 
@@ -52,6 +53,29 @@ inline bool ids_in_range(const std::vector<int32_t>& ids, int64_t E, std::vector
   errors.push_back(TensorError{"expert_ids", INFINITY, double(E - 1), INFINITY,
                                std::to_string(bad) + " ids outside [0, E): rest of check skipped"});
   return false;
+}
+
+// dW1 and dW2 (and db1, db2 with biases) of the sampled experts against the
+// sampled oracle, each accumulated over the experts into one error.
+inline void check_expert_grads(LayerAccess& access, const std::vector<int32_t>& experts,
+                               const testing::SampledReference& ref, bool bias,
+                               const std::string& note, std::vector<TensorError>& errors) {
+  Stats dw1, db1, dw2, db2;
+  for (size_t x = 0; x < experts.size(); ++x) {
+    const testing::ExpertTensors lib = access.expert_grads(experts[x]);
+    dw1.add(lib.w1, ref.dw1[x]);
+    dw2.add(lib.w2, ref.dw2[x]);
+    if (bias) {
+      db1.add(lib.b1, ref.db1[x]);
+      db2.add(lib.b2, ref.db2[x]);
+    }
+  }
+  errors.push_back(dw1.error("dw1", note));
+  errors.push_back(dw2.error("dw2", note));
+  if (bias) {
+    errors.push_back(db1.error("db1", note));
+    errors.push_back(db2.error("db2", note));
+  }
 }
 
 }  // namespace sonicmoe::bench
