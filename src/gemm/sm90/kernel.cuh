@@ -9,9 +9,12 @@
 //   and arrive on full[s] through cp.async.mbarrier.arrive.noinc, which
 //   fires when their copies have landed. full[s] expects 128 arrivals (plus
 //   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
-//   arrive.expect_tx).
+//   arrive.expect_tx). Grouped-K stages look their gathered rows up once
+//   (64 threads) and share them through shared memory behind named barrier
+//   kProducerBarrier (producer threads only).
 // - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs<G>), split the
-//   128-row tile: WG w owns rows 64w .. 64w+63 and all kBN columns. For every
+//   kTileM-row tile: WG w owns rows w kTileM/2 .. as kSub = kTileM/128 m64
+//   sub-tiles, and all kBN columns. For every
 //   stage: wait full[s] (parity = round & 1), fence.proxy.async (cp.async
 //   wrote through the generic proxy, wgmma reads through the async proxy),
 //   4 wgmma k16 steps, commit; once the next stage's group is issued, wait
