@@ -63,20 +63,7 @@ std::vector<TensorError> check_full_rounded(const Problem& p, LayerAccess& acces
   std::vector<double> ref_ds(C, 0.0);
   for (size_t i = 0; i < pairs.index.size(); ++i) ref_ds[pairs.index[i]] = g.dscores[i];
   whole("dscores", access.dscores_rows(every), ref_ds);
-  testing::ExpertTensors lib;
-  for (int32_t e = 0; e < E; ++e) {
-    const testing::ExpertTensors w = access.expert_grads(e);
-    append(lib.w1, w.w1);
-    append(lib.b1, w.b1);
-    append(lib.w2, w.w2);
-    append(lib.b2, w.b2);
-  }
-  whole("dw1", lib.w1, g.dw1);
-  whole("dw2", lib.w2, g.dw2);
-  if (p.bias) {
-    whole("db1", lib.b1, g.db1);
-    whole("db2", lib.b2, g.db2);
-  }
+  check_all_expert_grads(access, E, g, p.bias, note, errors);
   return errors;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "naive.hpp"
 #include "sampled.hpp"
 
 namespace sonicmoe::bench {
@@ -53,6 +54,32 @@ inline bool ids_in_range(const std::vector<int32_t>& ids, int64_t E, std::vector
   errors.push_back(TensorError{"expert_ids", INFINITY, double(E - 1), INFINITY,
                                std::to_string(bad) + " ids outside [0, E): rest of check skipped"});
   return false;
+}
+
+// dW1 and dW2 (and db1, db2 with biases) of every expert against the full
+// oracle's gradients.
+inline void check_all_expert_grads(LayerAccess& access, int64_t num_experts,
+                                   const testing::NaiveGrads& g, bool bias, const std::string& note,
+                                   std::vector<TensorError>& errors) {
+  testing::ExpertTensors lib;
+  for (int32_t e = 0; e < num_experts; ++e) {
+    const testing::ExpertTensors w = access.expert_grads(e);
+    append(lib.w1, w.w1);
+    append(lib.b1, w.b1);
+    append(lib.w2, w.w2);
+    append(lib.b2, w.b2);
+  }
+  auto whole = [&](const char* name, const std::vector<float>& l, const std::vector<double>& r) {
+    Stats st;
+    st.add(l, r);
+    errors.push_back(st.error(name, note));
+  };
+  whole("dw1", lib.w1, g.dw1);
+  whole("dw2", lib.w2, g.dw2);
+  if (bias) {
+    whole("db1", lib.b1, g.db1);
+    whole("db2", lib.b2, g.db2);
+  }
 }
 
 // dW1 and dW2 (and db1, db2 with biases) of the sampled experts against the
