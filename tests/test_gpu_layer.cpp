@@ -173,6 +173,50 @@ TEST(GpuLayer, GeneralRoutingWithVariablePairsPerToken) {
   }
 }
 
+// A token with more pairs than the aggregation compacts at once (token T-1:
+// 300), and the same routing with dropped pairs (expert -1) mixed in and a
+// rounded routing's padding appended (900 dropped pairs on token T-1): the
+// dropped pairs must change no bit of any result, and get zero dscores.
+TEST(GpuLayer, LongTokensAndDroppedPairs) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 40, s.d = 64, s.n = 32, s.E = 5, s.K = 1, s.act = Activation::SwiGLU;
+  Case c = make_case(s);
+  std::vector<int32_t> tok, exp;
+  std::vector<double> sc;
+  for (int32_t t = 0; t < s.T; ++t) {
+    const int pairs = t == s.T - 1 ? 300 : t % 3;
+    for (int k = 0; k < pairs; ++k)
+      tok.push_back(t), exp.push_back((t + k) % 5), sc.push_back(0.01 + 0.001 * (k % 7));
+  }
+  set_pairs(c, tok, exp, sc);
+  const LibResult plain = check_case(c, false);
+
+  Case padded = c;
+  std::vector<int32_t> ptok, pexp;
+  std::vector<double> psc;
+  std::vector<size_t> kept;  // index in the padded list of each plain pair
+  for (size_t i = 0; i < tok.size(); ++i) {
+    if (i % 4 == 1) ptok.push_back(tok[i]), pexp.push_back(-1), psc.push_back(0.5);
+    kept.push_back(ptok.size());
+    ptok.push_back(tok[i]), pexp.push_back(exp[i]), psc.push_back(sc[i]);
+  }
+  for (int i = 0; i < 900; ++i) ptok.push_back(s.T - 1), pexp.push_back(-1), psc.push_back(0);
+  set_pairs(padded, ptok, pexp, psc);
+  const LibResult r = run_library(padded, kGpu, true, false);
+  EXPECT_EQ(r.out, plain.out);
+  EXPECT_EQ(r.dx, plain.dx);
+  EXPECT_EQ(r.dw1, plain.dw1);
+  EXPECT_EQ(r.dw2, plain.dw2);
+  std::vector<bool> is_kept(ptok.size(), false);
+  for (size_t i = 0; i < kept.size(); ++i) {
+    is_kept[kept[i]] = true;
+    ASSERT_EQ(r.dscores[kept[i]], plain.dscores[i]) << "pair " << i;
+  }
+  for (size_t i = 0; i < ptok.size(); ++i)
+    if (!is_kept[i]) ASSERT_EQ(r.dscores[i], 0.0) << "dropped pair " << i;
+}
+
 TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;

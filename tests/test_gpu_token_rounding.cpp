@@ -119,7 +119,9 @@ TEST(GpuTokenRounding, MatchesCpuReference) {
   const Shape shapes[] = {{1, 1, 1, 128},    {1, 4, 4, 2},      {37, 5, 2, 4},
                           {300, 7, 3, 32},   {64, 16, 16, 8},   {513, 24, 4, 128},
                           {4096, 64, 8, 128}, {3000, 100, 6, 128}, {2048, 512, 8, 128},
-                          {9000, 128, 1, 64}, {700, 33, 33, 16}};
+                          {9000, 128, 1, 64}, {700, 33, 33, 16},
+                          // beyond the shared-memory key cache (48K tokens)
+                          {50000, 20, 2, 128}};
   uint32_t seed = 1;
   for (const Shape& s : shapes)
     for (DType dtype : {DType::F32, DType::BF16})

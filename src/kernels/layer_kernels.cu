@@ -61,36 +61,98 @@ __global__ void experts_by_load_kernel(const int32_t* __restrict__ offsets, int 
 }
 
 // One CTA per token; each thread owns 8 consecutive columns (one 16-byte
-// vector) per step.
+// vector) per step. The token's pairs are first compacted, in order, into
+// shared memory (position, weight) kAggThreads at a time: dropped pairs
+// (position -1) cost one coalesced read instead of a serial step each, which
+// matters for the padding of a rounded routing (thousands of dropped pairs on
+// the last token), and the accumulation loop reads its operands from shared
+// memory with several row loads in flight. Pairs are summed in pair order, so
+// the bits do not depend on the compaction.
 constexpr int kAggThreads = 128;
+
+struct AggChunk {
+  int32_t pos[kAggThreads];
+  float weight[kAggThreads];
+  int32_t warp_count[kAggThreads / 32];
+  int32_t count;
+};
+
+// Compacts the valid pairs of [first, min(first + kAggThreads, end)) into c.
+// Every thread of the block calls it.
+__device__ __forceinline__ void compact_pairs(AggChunk& c, const float* __restrict__ scores,
+                                              const int32_t* __restrict__ pair_position,
+                                              int64_t num_pairs, int64_t first, int64_t end) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t i = first + threadIdx.x;
+  int32_t p = i < end ? pair_position[i] : -1;
+  const bool valid = 0 <= p && p < num_pairs;
+  const float w = valid && scores ? scores[i] : 1.f;
+  const unsigned ballot = __ballot_sync(0xffffffffu, valid);
+  if (lane == 0) c.warp_count[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0, total = 0;
+#pragma unroll
+  for (int k = 0; k < kAggThreads / 32; ++k) {
+    before += k < warp ? c.warp_count[k] : 0;
+    total += c.warp_count[k];
+  }
+  if (valid) {
+    const int at = before + __popc(ballot & ((1u << lane) - 1u));
+    c.pos[at] = p;
+    c.weight[at] = w;
+  }
+  if (threadIdx.x == 0) c.count = total;
+  __syncthreads();
+}
 
 __global__ void __launch_bounds__(kAggThreads)
     aggregate_kernel(const bf16_t* __restrict__ src, const float* __restrict__ scores,
                      const int32_t* __restrict__ token_offsets,
                      const int32_t* __restrict__ pair_position, int64_t num_pairs, int64_t width,
                      bf16_t* __restrict__ out) {
+  __shared__ AggChunk chunk;
   const int64_t t = blockIdx.x;
-  const int begin = token_offsets[t], end = token_offsets[t + 1];
-  for (int64_t c = threadIdx.x * 8; c < width; c += kAggThreads * 8) {
+  const int64_t begin = max(token_offsets[t], 0);
+  const int64_t end = min(static_cast<int64_t>(token_offsets[t + 1]), num_pairs);
+  // Most tokens have at most kAggThreads pairs: compact once for all columns.
+  const bool one_chunk = end - begin <= kAggThreads;
+  if (one_chunk) compact_pairs(chunk, scores, pair_position, num_pairs, begin, end);
+  const int64_t steps = (width + kAggThreads * 8 - 1) / (kAggThreads * 8);
+  for (int64_t s = 0; s < steps; ++s) {  // block-uniform: compact_pairs syncs
+    const int64_t c = (s * kAggThreads + threadIdx.x) * 8;
     float acc[8] = {};
-    for (int i = max(begin, 0); i < min(static_cast<int64_t>(end), num_pairs); ++i) {
-      const int32_t p = pair_position[i];
-      if (p < 0 || p >= num_pairs) continue;
-      const float w = scores ? scores[i] : 1.f;
-      const uint4 v = *reinterpret_cast<const uint4*>(src + p * width + c);
-      const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+    auto accumulate = [&] {
+      if (c >= width) return;
+      const int n = chunk.count;
+#pragma unroll 4
+      for (int j = 0; j < n; ++j) {
+        const float w = chunk.weight[j];
+        const uint4 v = *reinterpret_cast<const uint4*>(src + chunk.pos[j] * width + c);
+        const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 f = __bfloat1622float2(h[k]);
-        acc[2 * k] += w * f.x;
-        acc[2 * k + 1] += w * f.y;
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __bfloat1622float2(h[k]);
+          acc[2 * k] += w * f.x;
+          acc[2 * k + 1] += w * f.y;
+        }
+      }
+    };
+    if (one_chunk) {
+      accumulate();
+    } else {
+      for (int64_t first = begin; first < end; first += kAggThreads) {
+        __syncthreads();  // every thread is done with the previous chunk
+        compact_pairs(chunk, scores, pair_position, num_pairs, first, end);
+        accumulate();
       }
     }
-    uint4 o;
-    __nv_bfloat162* oh = reinterpret_cast<__nv_bfloat162*>(&o);
+    if (c < width) {
+      uint4 o;
+      __nv_bfloat162* oh = reinterpret_cast<__nv_bfloat162*>(&o);
 #pragma unroll
-    for (int k = 0; k < 4; ++k) oh[k] = __floats2bfloat162_rn(acc[2 * k], acc[2 * k + 1]);
-    *reinterpret_cast<uint4*>(out + t * width + c) = o;
+      for (int k = 0; k < 4; ++k) oh[k] = __floats2bfloat162_rn(acc[2 * k], acc[2 * k + 1]);
+      *reinterpret_cast<uint4*>(out + t * width + c) = o;
+    }
   }
 }
 

@@ -20,13 +20,16 @@
 //                        keys equal to it are taken; a final pass in token
 //                        order takes those ties by a block scan, so the
 //                        lower tokens win. The chosen row is written one
-//                        ballot (32 tokens) per word. Each pass recomputes
-//                        the keys (the candidates' probabilities are a
-//                        strided column of the logits) instead of keeping T
-//                        keys per expert in memory.
-//   3. token_count_kernel  chosen pairs per token (popcount down a column).
+//                        ballot (32 tokens) per word. The T keys (key + 1 for
+//                        a candidate, 0 otherwise) are formed once into
+//                        shared memory when T <= kMaxCachedTokens; beyond,
+//                        every pass recomputes them (the candidates'
+//                        probabilities are a strided column of the logits),
+//                        about 5x slower.
+//   3. token_count_kernel  one warp per token: chosen pairs (ballots down a
+//                        column of the chosen bitmap, 32 experts at a time).
 //   4. scan_kernel       one block: token offsets, and num_pairs.
-//   5. emit_kernel       one thread per token writes its pairs, experts
+//   5. emit_kernel       one warp per token writes its pairs, experts
 //                        ascending, at its offset: the top-K score for a
 //                        kept pick, the raw probability for an added pair;
 //                        then the grid pads [num_pairs, C) with
@@ -170,9 +173,13 @@ __device__ __forceinline__ void add_to_bin(int32_t* hist, bool active, int32_t b
   if (active && lane == __ffs(peers) - 1) atomicAdd(hist + bin, __popc(peers));
 }
 
-template <class L>
+// Above this many tokens the keys do not fit in shared memory (4 bytes each).
+constexpr int32_t kMaxCachedTokens = 48 * 1024;
+
+template <class L, bool kCached>
 __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L> p) {
   __shared__ SelectStorage smem;
+  extern __shared__ uint32_t cached_keys[];  // [tokens] when kCached
   const int32_t e = blockIdx.x;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const uint32_t* picked_row = p.picked + int64_t{e} * p.words;
@@ -193,24 +200,38 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
   const int32_t need = cand.drop ? target : target - count;
   const int32_t available = cand.drop ? count : p.tokens - count;
   const bool take_all = need >= available, take_none = need <= 0;
+  const bool selecting = !take_all && !take_none;
+
+  // key + 1 for a candidate (score_key <= 0x7f800000 cannot overflow), 0 for
+  // any other token: the threshold is a candidate's, so never 0.
+  auto fresh_key = [&](int32_t t) -> uint32_t {
+    return cand.is_candidate(t) ? cand.key(t) + 1u : 0u;
+  };
+  if constexpr (kCached) {
+    if (selecting) {
+#pragma unroll 4
+      for (int32_t t = threadIdx.x; t < p.tokens; t += kSelectThreads) cached_keys[t] = fresh_key(t);
+      __syncthreads();
+    }
+  }
+  auto key_of = [&](int32_t t) -> uint32_t {
+    if constexpr (kCached) return cached_keys[t];
+    else return fresh_key(t);
+  };
 
   // Radix select, most significant digit first: after the passes, the
   // threshold key is `prefix` and `remaining` of its ties are taken.
   uint32_t prefix = 0, mask = 0;
   int32_t remaining = need;
-  if (!take_all && !take_none) {
+  if (selecting) {
     for (int pass = 0; pass < kPasses; ++pass) {
       const int shift = 32 - kDigitBits * (pass + 1);
       for (int b = threadIdx.x; b < kBins; b += kSelectThreads) smem.hist[b] = 0;
       __syncthreads();
       for (int32_t base = 0; base < p.tokens; base += kSelectThreads) {
         const int32_t t = base + static_cast<int32_t>(threadIdx.x);
-        bool active = t < p.tokens && cand.is_candidate(t);
-        uint32_t key = 0;
-        if (active) {
-          key = cand.key(t);
-          active = (key & mask) == prefix;
-        }
+        const uint32_t key = t < p.tokens ? key_of(t) : 0u;
+        const bool active = key != 0 && (key & mask) == prefix;
         add_to_bin(smem.hist, active, static_cast<int32_t>((key >> shift) & (kBins - 1)), lane);
       }
       __syncthreads();
@@ -237,13 +258,13 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
     const int32_t t = base + static_cast<int32_t>(threadIdx.x);
     const bool in = t < p.tokens;
     const bool is_cand = in && cand.is_candidate(t);
-    const uint32_t key = is_cand && !take_all && !take_none ? cand.key(t) : 0u;
-    const int32_t tie = is_cand && !take_all && !take_none && key == prefix;
+    const uint32_t key = in && selecting ? key_of(t) : 0u;
+    const int32_t tie = key != 0 && key == prefix;
     int32_t rank, tile_ties;
     SelectScan(smem.cub.scan).ExclusiveSum(tie, rank, tile_ties);
     bool take = false;
     if (take_all) take = is_cand;
-    else if (!take_none) take = is_cand && (key > prefix || (tie && ties_before + rank < remaining));
+    else if (selecting) take = key != 0 && (key > prefix || (tie && ties_before + rank < remaining));
     const bool chosen = cand.drop ? take : (take || (in && !is_cand));
     const unsigned word = __ballot_sync(kFullMask, chosen);
     const int32_t w = base / kWarp + warp;
@@ -256,14 +277,19 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
 // --------------------------------------------------- 3-5. list by token --
 
 constexpr int kTokenThreads = 256;
+constexpr int kTokenWarps = kTokenThreads / kWarp;
 
 template <class L>
 __global__ void __launch_bounds__(kTokenThreads) token_count_kernel(const Problem<L> p) {
-  const int64_t t = int64_t{blockIdx.x} * kTokenThreads + threadIdx.x;
-  if (t >= p.tokens) return;
+  const int64_t t = int64_t{blockIdx.x} * kTokenWarps + threadIdx.x / kWarp;
+  if (t >= p.tokens) return;  // whole warps leave together
+  const int lane = threadIdx.x % kWarp;
   int32_t n = 0;
-  for (int32_t e = 0; e < p.experts; ++e) n += p.bit(p.chosen, e, static_cast<int32_t>(t));
-  p.token_counts[t] = n;
+  for (int32_t e0 = 0; e0 < p.experts; e0 += kWarp) {
+    const int32_t e = e0 + lane;
+    n += __popc(__ballot_sync(kFullMask, e < p.experts && p.bit(p.chosen, e, static_cast<int32_t>(t))));
+  }
+  if (lane == 0) p.token_counts[t] = n;
 }
 
 constexpr int kScanThreads = 1024;
@@ -299,18 +325,25 @@ template <class L>
 __global__ void __launch_bounds__(kTokenThreads)
     emit_kernel(const Problem<L> p, int64_t capacity, int32_t* token_ids, int32_t* expert_ids,
                 float* scores) {
-  const int64_t gid = int64_t{blockIdx.x} * kTokenThreads + threadIdx.x;
-  if (gid < p.tokens) {
-    const auto t = static_cast<int32_t>(gid);
+  const int64_t warp_id = int64_t{blockIdx.x} * kTokenWarps + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (warp_id < p.tokens) {
+    const auto t = static_cast<int32_t>(warp_id);
     int64_t i = p.token_offsets[t];
-    for (int32_t e = 0; e < p.experts; ++e) {
-      if (!p.bit(p.chosen, e, t) || i >= capacity) continue;
-      token_ids[i] = t;
-      expert_ids[i] = e;
-      scores[i] = p.bit(p.picked, e, t) ? p.pick_score(t, e) : p.prob(t, e);
-      ++i;
+    for (int32_t e0 = 0; e0 < p.experts; e0 += kWarp) {
+      const int32_t e = e0 + lane;
+      const bool mine = e < p.experts && p.bit(p.chosen, e, t);
+      const unsigned ballot = __ballot_sync(kFullMask, mine);
+      const int64_t at = i + __popc(ballot & ((1u << lane) - 1u));
+      if (mine && at < capacity) {
+        token_ids[at] = t;
+        expert_ids[at] = e;
+        scores[at] = p.bit(p.picked, e, t) ? p.pick_score(t, e) : p.prob(t, e);
+      }
+      i += __popc(ballot);
     }
   }
+  const int64_t gid = int64_t{blockIdx.x} * kTokenThreads + threadIdx.x;
   const int64_t stride = int64_t{gridDim.x} * kTokenThreads;
   for (int64_t i = p.token_offsets[p.tokens] + gid; i < capacity; i += stride) {
     token_ids[i] = p.tokens - 1;
@@ -363,9 +396,20 @@ void round_typed(const RoundRoutingArgs& a, cudaStream_t stream) {
   row_stats_kernel<L><<<static_cast<unsigned>(ceil_div(T, kStatsWarps)), kStatsWarps * kWarp, 0,
                         stream>>>(p);
   check_launch("row_stats_kernel");
-  select_kernel<L><<<static_cast<unsigned>(E), kSelectThreads, 0, stream>>>(p);
+  if (T <= kMaxCachedTokens) {
+    const auto keys = static_cast<int>(sizeof(uint32_t) * T);
+    static const cudaError_t attr = cudaFuncSetAttribute(
+        select_kernel<L, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        static_cast<int>(sizeof(uint32_t)) * kMaxCachedTokens);
+    if (attr != cudaSuccess)
+      throw Error(Status::CudaError, std::string("sonicmoe: select_kernel shared memory: ") +
+                                         cudaGetErrorString(attr));
+    select_kernel<L, true><<<static_cast<unsigned>(E), kSelectThreads, keys, stream>>>(p);
+  } else {
+    select_kernel<L, false><<<static_cast<unsigned>(E), kSelectThreads, 0, stream>>>(p);
+  }
   check_launch("select_kernel");
-  const auto token_blocks = static_cast<unsigned>(ceil_div(T, kTokenThreads));
+  const auto token_blocks = static_cast<unsigned>(ceil_div(T, kTokenWarps));
   token_count_kernel<L><<<token_blocks, kTokenThreads, 0, stream>>>(p);
   check_launch("token_count_kernel");
   scan_kernel<<<1, kScanThreads, 0, stream>>>(s.token_counts, T, s.token_offsets,
