@@ -209,8 +209,34 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
   };
   if constexpr (kCached) {
     if (selecting) {
-#pragma unroll 4
-      for (int32_t t = threadIdx.x; t < p.tokens; t += kSelectThreads) cached_keys[t] = fresh_key(t);
+      // Every load of kFill tokens is issued before any key is formed: the
+      // column reads of the logits are latency-bound, not bandwidth-bound.
+      constexpr int kFill = 4;
+      for (int32_t base = threadIdx.x; base < p.tokens; base += kSelectThreads * kFill) {
+        uint32_t word[kFill];
+        float z[kFill], m[kFill], inv[kFill];
+#pragma unroll
+        for (int u = 0; u < kFill; ++u) {
+          const int32_t t = base + u * kSelectThreads;
+          word[u] = t < p.tokens ? picked_row[t >> 5] : 0u;
+          if (!cand.drop && t < p.tokens) {
+            z[u] = to_float(p.logits[int64_t{t} * p.experts + e]);
+            m[u] = p.row_max[t];
+            inv[u] = p.row_inv_sum[t];
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kFill; ++u) {
+          const int32_t t = base + u * kSelectThreads;
+          if (t >= p.tokens) break;
+          const bool is_cand = ((word[u] >> (t & 31)) & 1u) == static_cast<uint32_t>(cand.drop);
+          uint32_t key = 0;
+          if (is_cand)  // the same arithmetic as Problem::prob
+            key = 1u + detail::score_key(cand.drop ? p.pick_score(t, e)
+                                                   : expf(z[u] - m[u]) * inv[u]);
+          cached_keys[t] = key;
+        }
+      }
       __syncthreads();
     }
   }
