@@ -45,12 +45,9 @@ struct Schedule {
 // right on even waves and right to left on odd ones. With tiles in
 // descending cost (expert_order), every CTA then takes one tile of each cost
 // band, heavy and light alternating, instead of the heavy end of every wave.
-// `unit` of `units`: a CTA of the grid, or a cluster of the clusters.
-__device__ __forceinline__ int tile_of(int k, int unit, int units) {
-  return k * units + ((k & 1) ? units - 1 - unit : unit);
-}
 __device__ __forceinline__ int tile_of(int k) {
-  return tile_of(k, static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x));
+  const int g = gridDim.x, b = blockIdx.x;
+  return k * g + ((k & 1) ? g - 1 - b : b);
 }
 
 template <Grouping G, int kBM, int kBN>

@@ -8,9 +8,6 @@
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
 //   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
 //   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue (256 x 128)
-// The grouped-M products run in clusters of kMCluster CTAs that share each
-// weight tile by TMA multicast (kernel.cuh), so their scheduling tile, and
-// m_tile(), is kMCluster x 128 rows.
 #include <algorithm>
 #include <string>
 
@@ -29,68 +26,23 @@ using namespace sm90;
 // X or dO, or the activations) against 128; the L2 -> SM traffic of 128 x 128
 // tiles caps the layer well below the tensor cores (docs/NOTES.md).
 constexpr int kWideN = 256, kWideStages = 4;
-// Multicast halves the L2 -> SM traffic of the weight operand, which the
-// 128 x 256 tiles of the grouped-M products are bound by (docs/NOTES.md).
-constexpr int kMCluster = 2;
 
-template <int kCluster>
-cudaLaunchConfig_t launch_config(int64_t units, int smem, cudaStream_t stream,
-                                 cudaLaunchAttribute* attr) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(units * kCluster));
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = stream;
-  attr->id = cudaLaunchAttributeClusterDimension;
-  attr->val.clusterDim.x = kCluster;
-  attr->val.clusterDim.y = 1;
-  attr->val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  return cfg;
-}
-
-// tile_bound: an upper bound of the tiles (cluster tiles when kCluster > 1);
-// one CTA, or cluster, per SM (pair of SMs) that can hold one, at most.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM, int kCluster = 1>
+          int kTileM = kBM>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
-  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM, kCluster>;
+  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM>;
   auto kernel = grouped_gemm_kernel<K>;
-  // Per instantiation, on the first call: the shared-memory limit, and how
-  // many clusters fit at once (GPC boundaries can leave SMs unpaired).
-  static const int max_clusters = [&] {
+  static const bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
-    if (kCluster == 1) return 0;
-    cudaLaunchAttribute attr{};
-    const cudaLaunchConfig_t cfg =
-        launch_config<kCluster>(sm_count() / kCluster, K::kSmemBytes, nullptr, &attr);
-    int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess || clusters <= 0) {
-      (void)cudaGetLastError();
-      clusters = sm_count() / kCluster;
-    }
-    return clusters;
+    return true;
   }();
+  (void)configured;
   if (tile_bound <= 0) return;
-  if constexpr (kCluster == 1) {
-    const int64_t grid = std::min<int64_t>(tile_bound, sm_count());
-    kernel<<<static_cast<unsigned>(grid), kThreads, K::kSmemBytes, stream>>>(args, map_a, map_b,
-                                                                             ep);
-    check_launch(what);
-  } else {
-    const int64_t units = std::min<int64_t>(
-        tile_bound, std::min(max_clusters, std::max(sm_count() / kCluster, 1)));
-    cudaLaunchAttribute attr{};
-    const cudaLaunchConfig_t cfg = launch_config<kCluster>(units, K::kSmemBytes, stream, &attr);
-    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, ep);
-    if (e != cudaSuccess)
-      throw Error(Status::CudaError,
-                  std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
-    check_launch(what);
-  }
+  const int64_t grid = std::min<int64_t>(tile_bound, sm_count());
+  kernel<<<static_cast<unsigned>(grid), kThreads, K::kSmemBytes, stream>>>(args, map_a, map_b, ep);
+  check_launch(what);
 }
 
 const CUtensorMap kNoMap{};
@@ -98,7 +50,7 @@ const CUtensorMap kNoMap{};
 class HopperEngine final : public Engine {
  public:
   const char* name() const override { return "hopper-sm90a"; }
-  int m_tile() const override { return kBM * kMCluster; }
+  int m_tile() const override { return kBM; }
   int dh_n_tile() const override { return kWideN; }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
@@ -107,11 +59,11 @@ class HopperEngine final : public Engine {
     const int64_t R = L.R();
     const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
                      grouped_m_schedule(L, r, R, L.d, kWideN)};
-    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN / kMCluster);
+    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN);
     act::dispatch(L.act, [&]<Activation A>() {
       launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kWideN, kWideStages,
-             UpProjEpilogue<A>, kBM, kMCluster>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
-                                                grouped_m_tiles(L, g.schedule, m_tile()), st);
+             UpProjEpilogue<A>>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
+                                grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
@@ -120,10 +72,9 @@ class HopperEngine final : public Engine {
     if (L.N == 0) return;
     const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kWideN)};
     const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
-    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN / kMCluster);
-    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kWideN, kWideStages, StoreEpilogue,
-           kBM, kMCluster>("down_proj", g, ma, mb, {y, L.d, 0, w.b2},
-                           grouped_m_tiles(L, g.schedule, m_tile()), st);
+    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN);
+    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
+        "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
@@ -135,9 +86,8 @@ class HopperEngine final : public Engine {
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
     act::dispatch(L.act, [&]<Activation A>() {
       launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
-             DHEpilogue<A>, kBM, kMCluster>("dh", g, kNoMap, mb,
-                                            {h, scores, r.sorted_pair, dh, ap, ds_part},
-                                            grouped_m_tiles(L, g.schedule, m_tile()), st);
+             DHEpilogue<A>>("dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
+                            grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
@@ -149,8 +99,8 @@ class HopperEngine final : public Engine {
     const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
     launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kWideN, kWideStages,
-           StoreEpilogue, kBM, kMCluster>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
-                                          grouped_m_tiles(L, g.schedule, m_tile()), st);
+           StoreEpilogue>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
+                          grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   // Grouped-K: the gathered operand comes by cp.async (which also masks the

@@ -25,17 +25,6 @@
 //   stages while the consumers run the epilogue.
 // - Epilogue (common/epilogues.cuh through FragView): the 256 consumer
 //   threads synchronise on named barrier kEpilogueBarrier only.
-// - Clusters (kCluster = 2, grouped-M only): the two CTAs of a cluster take
-//   the two kTileM-row halves of one cluster tile (same expert, same N
-//   tile), so they read the same weight tile. Each producer loads half of
-//   it by TMA multicast into both CTAs' stage s, so full[s] of each CTA
-//   expects the whole B tile; and a stage is rewritten in both CTAs at
-//   once, so every consumer warpgroup releases it in both CTAs: empty[s]
-//   expects 2 x kCluster arrivals (mapa + remote mbarrier.arrive). The
-//   barriers are initialised before a cluster barrier, and no CTA leaves
-//   before its partner is done arriving on it (a cluster barrier at exit).
-//   A half with no rows still runs the mainloop (its partner needs its
-//   releases) and writes nothing.
 #pragma once
 
 #include <cuda.h>
@@ -139,15 +128,9 @@ struct FragView {
 // kTileM: rows of a tile, 128 or 256; each consumer warpgroup owns
 // kTileM / 2 rows as kSub m64 sub-tiles.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM, int kCluster = 1>
+          int kTileM = kBM>
 struct Kernel {
   static constexpr int kSub = kTileM / 128;
-  static constexpr int kClusterN = kCluster;
-  static_assert(kCluster == 1 || (kCluster == 2 && G == Grouping::M && SB == Src::Tma &&
-                                  kBN % (64 * kCluster) == 0),
-                "clusters share the TMA-loaded weight tile of grouped-M products");
-  // The scheduler hands out cluster tiles; cta_tile() takes this CTA's rows.
-  using Sched = Scheduler<G, kTileM * kCluster, kBN>;
   static_assert(kTileM == 128 || kTileM == 256);
   static_assert(G == Grouping::K || kTileM == 128, "gathered K-major rows: one per producer thread");
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
@@ -178,38 +161,6 @@ struct Kernel {
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
   static_assert(MB == Major::K || kBN % 64 == 0);
-
-  __device__ static int unit() {
-    if constexpr (kCluster > 1) return static_cast<int>(hw::cluster_id());
-    else return static_cast<int>(blockIdx.x);
-  }
-  __device__ static int units() {
-    if constexpr (kCluster > 1) return static_cast<int>(hw::cluster_count());
-    else return static_cast<int>(gridDim.x);
-  }
-  __device__ static uint32_t rank() {
-    if constexpr (kCluster > 1) return hw::cluster_ctarank();
-    else return 0;
-  }
-  // Rank r of a cluster takes rows r kTileM .. of the cluster tile.
-  __device__ static Tile cta_tile(const Sched& sched, int id, uint32_t r) {
-    Tile t = sched.at(id);
-    if constexpr (kCluster > 1) {
-      const int skip = static_cast<int>(r) * kTileM;
-      t.m0 += skip;
-      t.rows = max(0, min(kTileM, t.rows - skip));
-    }
-    return t;
-  }
-  // Releases stage s in every CTA of the cluster.
-  __device__ static void release(uint64_t* empty) {
-    if constexpr (kCluster > 1) {
-#pragma unroll
-      for (uint32_t c = 0; c < kCluster; ++c) hw::mbar_arrive_cluster(empty, c);
-    } else {
-      hw::mbar_arrive(empty);
-    }
-  }
 
   struct Smem {
     char* stages;
@@ -294,14 +245,12 @@ struct Kernel {
 
   __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
                                  const CUtensorMap* map_b, const Smem& sm) {
-    const Sched sched{g.schedule};
+    const Scheduler<G, kTileM, kBN> sched{g.schedule};
     const int total = sched.total();
     const bool leader = threadIdx.x == 0;
-    const uint32_t my_rank = rank();
     int it = 0;
-    for (int k = 0, id = tile_of(0, unit(), units()); id < total;
-         id = tile_of(++k, unit(), units())) {
-      const Tile t = cta_tile(sched, id, my_rank);
+    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
+      const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       // K-major gathered A rows are fixed for the tile: resolve once.
       const bf16_t* a_rows[8];
@@ -341,7 +290,7 @@ struct Kernel {
             if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
               hw::tma_load_2d(stage, map_a, sm.full + s, static_cast<int>(k0),
                               static_cast<int>(t.m0));
-            if constexpr (SB == Src::Tma && kCluster == 1) {
+            if constexpr (SB == Src::Tma) {
               if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
                 hw::tma_load_3d(stage + kABytes, map_b, sm.full + s, static_cast<int>(k0),
                                 static_cast<int>(t.n0), t.expert);
@@ -351,25 +300,6 @@ struct Kernel {
                   hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
                                   static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0),
                                   t.expert);
-            } else if constexpr (SB == Src::Tma) {
-              // This CTA's share of the weight tile, into every CTA's stage.
-              constexpr uint16_t kAll = (1u << kCluster) - 1;
-              if constexpr (MB == Major::K) {  // kBN / kCluster n-rows per box
-                constexpr int kRows = kBN / kCluster;
-                hw::tma_load_3d_multicast(stage + kABytes + my_rank * (kBBytes / kCluster), map_b,
-                                          sm.full + s, static_cast<int>(k0),
-                                          static_cast<int>(t.n0 + my_rank * kRows), t.expert,
-                                          kAll);
-              } else {
-                constexpr int kBlocks = kBN / 64 / kCluster;
-#pragma unroll
-                for (int i = 0; i < kBlocks; ++i) {
-                  const int blk = static_cast<int>(my_rank) * kBlocks + i;
-                  hw::tma_load_3d_multicast(stage + kABytes + blk * kMNBlockBytes, map_b,
-                                            sm.full + s, static_cast<int>(t.n0) + blk * 64,
-                                            static_cast<int>(k0), t.expert, kAll);
-                }
-              }
             }
           }
         }
@@ -420,16 +350,14 @@ struct Kernel {
 
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
-    const Sched sched{g.schedule};
+    const Scheduler<G, kTileM, kBN> sched{g.schedule};
     const int total = sched.total();
     const int wg = (threadIdx.x - 128) >> 7;
     const bool wg_leader = (threadIdx.x & 127) == 0;
-    const uint32_t my_rank = rank();
     float acc[kSub][kBN / 2];
     int it = 0;
-    for (int k = 0, id = tile_of(0, unit(), units()); id < total;
-         id = tile_of(++k, unit(), units())) {
-      const Tile t = cta_tile(sched, id, my_rank);
+    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
+      const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
 #pragma unroll
       for (int i = 0; i < kSub; ++i)
@@ -453,10 +381,10 @@ struct Kernel {
         // One group may stay in flight: the previous stage is free once it
         // has retired.
         hw::wgmma_wait<1>();
-        if (kt > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
+        if (kt > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
       }
       hw::wgmma_wait<0>();
-      if (ktiles > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
+      if (ktiles > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
       FragView<kBN, kSub> frag{acc};
       Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, sm.epi);
     }
@@ -474,14 +402,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < K::kNumStages; ++s) {
       hw::mbar_init(sm.full + s, K::kAnyCopy ? 128 : 1);
-      hw::mbar_init(sm.empty + s, 2 * K::kClusterN);  // 2 consumer WGs per CTA
+      hw::mbar_init(sm.empty + s, 2);
     }
     hw::fence_barrier_init();
     if (K::kTmaA) hw::prefetch_tensormap(&map_a);
     if (K::kTmaB) hw::prefetch_tensormap(&map_b);
   }
-  if constexpr (K::kClusterN > 1) hw::cluster_sync();  // partners' barriers are ready
-  else __syncthreads();
+  __syncthreads();
   // One role per warpgroup, one branch each: setmaxnreg needs both.
   if (threadIdx.x < 128) {
     hw::setmaxnreg_dec<K::kProducerRegsN>();
@@ -490,8 +417,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     hw::setmaxnreg_inc<K::kConsumerRegsN>();
     K::consume(args, ep, sm);
   }
-  // The partner may still arrive on this CTA's barriers.
-  if constexpr (K::kClusterN > 1) hw::cluster_sync();
 }
 
 }  // namespace sonicmoe::gemm::sm90
