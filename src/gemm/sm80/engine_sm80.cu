@@ -1,13 +1,14 @@
 // The portable engine: the six products wired from the sm80 pieces.
 //
-// Instantiations (kept explicit so compile time stays visible); CTAs/SM is
-// the register budget (2: 128 registers per thread), 1 where 2 spills:
-//   up_proj   M  A=X[gather] K   B=W1_e K   UpProjEpilogue<act> x 7   2
-//   down_proj M  A=A         K   B=W2_e K   StoreEpilogue             2
-//   dh        M  A=dO[gather] K  B=W2_e MN  DHEpilogue<act> x 7       1
-//   dx_tilde  M  A=dH        K   B=W1_e MN  StoreEpilogue             2
-//   dw2       K  A=dO[gather] MN B=A'   MN  StoreEpilogue             1
-//   dw1       K  A=dH        MN  B=X[gather] MN StoreEpilogue         (same kernel)
+// Instantiations (kept explicit so compile time stays visible):
+//   up_proj   M  A=X[gather] K   B=W1_e K   UpProjEpilogue<act> x 7
+//   down_proj M  A=A         K   B=W2_e K   StoreEpilogue
+//   dh        M  A=dO[gather] K  B=W2_e MN  DHEpilogue<act> x 7
+//   dx_tilde  M  A=dH        K   B=W1_e MN  StoreEpilogue
+//   dw2       K  A=dO[gather] MN B=A'   MN  StoreEpilogue
+//   dw1       K  A=dH        MN  B=X[gather] MN StoreEpilogue  (dw2's kernel
+//                                                    while their tilings agree)
+// Each product's tile, pipeline depth and CTAs/SM come from the table below.
 #include <algorithm>
 #include <string>
 
@@ -21,23 +22,62 @@ namespace {
 
 using namespace sm80;
 
-template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, int kMinCtas>
-void launch(const char* what, const GemmArgs& args, const typename Epi::Params& ep,
-            int64_t tile_bound, cudaStream_t stream) {
-  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, Epi, kMinCtas>;
-  constexpr int smem = kMainloopSmem + Epi::template smem_bytes<kBM>();
-  static_assert(smem <= 227 * 1024, "shared memory budget of one CTA");
-  // Per instantiation: raise the dynamic shared-memory limit and read the
-  // occupancy once (the first call of a process pays for it).
-  static const int blocks_per_sm = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    int blocks = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem);
-    return std::max(blocks, 1);
+// How a product runs: N tile (128 or 256; M is 128), cp.async stages (2 ..
+// kMaxStages; the launcher lowers it where the device's shared memory per
+// block is smaller, e.g. 4 -> 3 at 256 on an A100), and the CTAs per SM the
+// register budget must allow (__launch_bounds__: 2 caps a thread at 128
+// registers; 256-wide tiles need 1).
+struct Tiling {
+  int bn, stages, min_ctas;
+};
+
+// The one place to choose. The usual rows:
+//   {128, 3, 2}  128 x 128, 3 stages of 32 KiB: two CTAs share an SM's
+//                shared memory and registers (the dH epilogue and the dW
+//                products spill at 128 registers: {128, 3, 1} for those).
+//   {256, 4, 1}  128 x 256, 4 stages of 48 KiB (192 KiB): 85 MACs per loaded
+//                element instead of 64 (128 x 128 is L2-bound, docs/NOTES.md).
+// The grid is what the occupancy query allows: more stages than two CTAs'
+// shared memory holds make a min_ctas = 2 kernel run one CTA per SM.
+//                                N tile  stages  CTAs/SM
+constexpr Tiling kUpProjTiling   {128,    3,      2};
+constexpr Tiling kDownProjTiling {128,    3,      2};
+constexpr Tiling kDhTiling       {128,    3,      1};
+constexpr Tiling kDxTildeTiling  {128,    3,      2};
+constexpr Tiling kDw2Tiling      {128,    3,      1};
+constexpr Tiling kDw1Tiling      {128,    3,      1};
+
+template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
+void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
+            cudaStream_t stream) {
+  static_assert(C.stages >= 2 && C.stages <= kMaxStages);
+  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bn, Epi, C.min_ctas>;
+  constexpr int stage_bytes = kStageBytes<C.bn>;
+  constexpr int epi_bytes = Epi::template smem_bytes<kBM>();
+  static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,
+                "shared memory budget of one CTA (H100)");
+  // Per instantiation, once per process (the first call pays for it): the
+  // stages the device's shared memory per block holds, the dynamic
+  // shared-memory limit, and the occupancy.
+  struct Config {
+    int stages, smem, blocks_per_sm;
+  };
+  static const Config cfg = [&] {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    Config c{C.stages, 0, 0};
+    while (c.stages > 2 && c.stages * stage_bytes + epi_bytes > optin) --c.stages;
+    c.smem = c.stages * stage_bytes + epi_bytes;
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, kernel, kThreads, c.smem);
+    c.blocks_per_sm = std::max(c.blocks_per_sm, 1);
+    return c;
   }();
   if (tile_bound <= 0) return;
-  const int64_t grid = std::min<int64_t>(tile_bound, int64_t{sm_count()} * blocks_per_sm);
-  kernel<<<static_cast<unsigned>(grid), kThreads, smem, stream>>>(args, ep);
+  args.stages = cfg.stages;
+  const int64_t grid = std::min<int64_t>(tile_bound, int64_t{sm_count()} * cfg.blocks_per_sm);
+  kernel<<<static_cast<unsigned>(grid), kThreads, cfg.smem, stream>>>(args, ep);
   check_launch(what);
 }
 
@@ -45,16 +85,16 @@ class PortableEngine final : public Engine {
  public:
   const char* name() const override { return "portable-sm80"; }
   int m_tile() const override { return kBM; }
-  int dh_n_tile() const override { return kBN; }
+  int dh_n_tile() const override { return kDhTiling.bn; }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
-               grouped_m_schedule(L, r, R, L.d, kBN)};
+               grouped_m_schedule(L, r, R, L.d, kUpProjTiling.bn)};
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = UpProjEpilogue<A>;
-      launch<Grouping::M, Major::K, Major::K, true, Epi, 2>(
+      launch<Grouping::M, Major::K, Major::K, true, Epi, kUpProjTiling>(
           "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
@@ -62,8 +102,8 @@ class PortableEngine final : public Engine {
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
     GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n),
-               grouped_m_schedule(L, r, L.d, L.n, kBN)};
-    launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, 2>(
+               grouped_m_schedule(L, r, L.d, L.n, kDownProjTiling.bn)};
+    launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, kDownProjTiling>(
         "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
@@ -71,10 +111,10 @@ class PortableEngine final : public Engine {
           const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
           cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), weights_of(w.w2, L.n, L.d * L.n),
-               grouped_m_schedule(L, r, L.n, L.d, kBN)};
+               grouped_m_schedule(L, r, L.n, L.d, kDhTiling.bn)};
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = DHEpilogue<A>;
-      launch<Grouping::M, Major::K, Major::MN, true, Epi, 1>(
+      launch<Grouping::M, Major::K, Major::MN, true, Epi, kDhTiling>(
           "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part}, grouped_m_tiles(L, g.schedule, kBM),
           st);
     });
@@ -84,17 +124,17 @@ class PortableEngine final : public Engine {
                 bf16_t* dxt, cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d),
-               grouped_m_schedule(L, r, L.d, R, kBN)};
-    launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, 2>(
+               grouped_m_schedule(L, r, L.d, R, kDxTildeTiling.bn)};
+    launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, kDxTildeTiling>(
         "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kBM), st);
   }
 
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
-               grouped_k_schedule(L, r, L.d, L.n, kBM, kBN)};
+               grouped_k_schedule(L, r, L.d, L.n, kBM, kDw2Tiling.bn)};
     const int64_t tiles = grouped_k_tiles(L, g.schedule);
-    launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, 1>(
+    launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw2Tiling>(
         "dw2", g, {dw2, L.n, L.d * L.n, nullptr}, tiles, st);
   }
 
@@ -102,9 +142,9 @@ class PortableEngine final : public Engine {
            cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
-               grouped_k_schedule(L, r, R, L.d, kBM, kBN)};
+               grouped_k_schedule(L, r, R, L.d, kBM, kDw1Tiling.bn)};
     const int64_t tiles = grouped_k_tiles(L, g.schedule);
-    launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, 1>(
+    launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw1Tiling>(
         "dw1", g, {dw1, L.d, R * L.d, nullptr}, tiles, st);
   }
 };

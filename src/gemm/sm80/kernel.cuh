@@ -1,16 +1,18 @@
 // The portable grouped GEMM: scheduler -> loaders -> mainloop -> epilogue.
 //
-// Pipeline contract (one CTA, 256 threads = 8 warps, 2 along M x 4 along N,
-// each warp a 64 x 32 slab of the 128 x 128 tile):
+// Pipeline contract (one CTA, 256 threads = 8 warps, 2 along M x 4 along N;
+// the CTA tile is 128 x kBN with kBN = 128 or 256, a warp's slab 64 x kBN/4):
 // - Every thread is both producer and consumer. A stage is one 128 x 64 A
-//   tile and one 64 x 128 B tile (32 KiB); kStages stages rotate.
-// - Prologue: stages 0 .. kStages-2 are requested (one cp.async group each,
+//   tile (16 KiB) and one kBN x 64 B tile (16 or 32 KiB). g.stages stages
+//   (2 .. kMaxStages, chosen by the launcher: what the product asks for,
+//   lowered to what the device's shared memory holds) rotate.
+// - Prologue: stages 0 .. stages-2 are requested (one cp.async group each,
 //   committed even when empty so that group counting stays uniform).
-// - Iteration kt: wait until at most kStages-2 groups are in flight (stage
+// - Iteration kt: wait until at most stages-2 groups are in flight (stage
 //   kt has landed for this thread), __syncthreads (it has landed for every
 //   thread, and every warp is done reading stage kt-1), request stage
-//   kt+kStages-1 into the slot of kt-1, then run 4 k16 steps of mma.sync on
-//   stage kt.
+//   kt+stages-1 into the slot of kt-1, then run 4 k16 steps of mma.sync on
+//   stage kt (slot kt % stages).
 // - Between tiles: all groups drained, one __syncthreads before the next
 //   prologue overwrites stages other warps may still be reading.
 // - The epilogue (common/epilogues.cuh, through FragView) reads the fp32
@@ -28,29 +30,44 @@
 
 namespace sonicmoe::gemm::sm80 {
 
-inline constexpr int kStages = 3;
-inline constexpr int kStageBytes = 2 * kOperandBytes;
-inline constexpr int kMainloopSmem = kStages * kStageBytes;
-static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
+inline constexpr int kMaxStages = 4;  // what wait_pending below can wait for
 
-using Accum = float[4][4][4];  // [m16 tile][n8 tile][fragment]
+template <int kBN>
+inline constexpr int kStageBytes = kOperandBytes<kBM> + kOperandBytes<kBN>;
+static_assert(kStageBytes<128> % 1024 == 0 && kStageBytes<256> % 1024 == 0,
+              "swizzled tiles must stay 1024-byte aligned");
+
+// [m16 tile][n8 tile][fragment]: a warp's 64 x kBN/4 slab.
+template <int kBN>
+using Accum = float[4][kBN / 32][4];
 
 struct GemmArgs {
   Operand a, b;
   Schedule schedule;
+  int stages = 0;  // pipeline depth, set by the launcher
 };
+
+// cp.async.wait_group takes an immediate: the pipeline depth is a launch
+// parameter, so branch (uniformly) to the right one.
+__device__ __forceinline__ void wait_pending(int n) {
+  if (n <= 0) arch::cp_async_wait<0>();
+  else if (n == 1) arch::cp_async_wait<1>();
+  else arch::cp_async_wait<2>();
+}
+static_assert(kMaxStages - 2 <= 2, "wait_pending covers 0 .. 2 groups in flight");
 
 // The operands' geometry for each grouping and majorness (see scheduler.cuh).
 // kGatherA: the K-major A operand's rows go through an index (X, dO rows).
-template <Grouping G, Major MA, Major MB, bool kGatherA>
+template <Grouping G, Major MA, Major MB, bool kGatherA, int kBN>
 struct Mainloop {
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
                 "grouped-M products read A by rows; grouped-K products read both operands "
                 "along the expert's rows");
+  static constexpr int kNT = kBN / 32;  // n8 tiles per warp: 4 or 8
 
-  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem, Accum& acc) {
-    LoaderFor<MA, kGatherA> la;
-    LoaderFor<MB, false> lb;
+  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem, Accum<kBN>& acc) {
+    LoaderFor<MA, kGatherA, kBM> la;
+    LoaderFor<MB, false, kBN> lb;
     if constexpr (G == Grouping::M) {
       la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K);
       if constexpr (MB == Major::K)
@@ -64,13 +81,13 @@ struct Mainloop {
       lb.init(g.b, t.expert, t.k_first, t.k_len, t.n0, g.schedule.N);
     }
 
+    const int stages = g.stages;
     const uint32_t base = arch::smem_addr(smem);
-    auto stage_a = [&](int s) { return base + s * kStageBytes; };
-    auto stage_b = [&](int s) { return base + s * kStageBytes + kOperandBytes; };
+    auto stage_a = [&](int s) { return base + s * kStageBytes<kBN>; };
+    auto stage_b = [&](int s) { return base + s * kStageBytes<kBN> + kOperandBytes<kBM>; };
     const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
 
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
+    for (int s = 0; s < stages - 1; ++s) {
       if (s < ktiles) {
         la.load(stage_a(s), static_cast<int64_t>(s) * kBK);
         lb.load(stage_b(s), static_cast<int64_t>(s) * kBK);
@@ -81,51 +98,58 @@ struct Mainloop {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < kNT; ++j)
 #pragma unroll
         for (int f = 0; f < 4; ++f) acc[i][j][f] = 0.f;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * kWarpN;
+    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
+    int slot = 0;  // kt % stages, without the division
     for (int kt = 0; kt < ktiles; ++kt) {
-      arch::cp_async_wait<kStages - 2>();
+      wait_pending(stages - 2);
       __syncthreads();
-      const int next = kt + kStages - 1;
+      const int next = kt + stages - 1;
+      const int free = (slot == 0 ? stages : slot) - 1;  // the slot of kt - 1
       if (next < ktiles) {
-        la.load(stage_a(next % kStages), static_cast<int64_t>(next) * kBK);
-        lb.load(stage_b(next % kStages), static_cast<int64_t>(next) * kBK);
+        la.load(stage_a(free), static_cast<int64_t>(next) * kBK);
+        lb.load(stage_b(free), static_cast<int64_t>(next) * kBK);
       }
       arch::cp_async_commit();
 
-      const uint32_t sa = stage_a(kt % kStages), sb = stage_b(kt % kStages);
+      const uint32_t sa = stage_a(slot), sb = stage_b(slot);
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
-        // B fragments for the warp's 32 columns, then one A fragment at a
-        // time: 12 live fragment registers instead of 24 keeps the kernel
-        // within 128 registers (2 CTAs per SM) without spills.
-        uint32_t bf[2][4];
+        // B fragments for the warp's kBN/4 columns, then one A fragment at a
+        // time: 2 kNT + 4 live fragment registers (12 at kBN 128, which keeps
+        // the kernel within 128 registers for 2 CTAs per SM; 20 at 256, next
+        // to 128 accumulators).
+        uint32_t bf[kNT / 2][4];
 #pragma unroll
-        for (int j = 0; j < 2; ++j) load_b_frag2<MB>(bf[j], sb, wn + j * 16, kk, lane);
+        for (int j = 0; j < kNT / 2; ++j) load_b_frag2<MB>(bf[j], sb, wn + j * 16, kk, lane);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           uint32_t af[4];
           load_a_frag<MA>(af, sa, wm + i * 16, kk, lane);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
+          for (int j = 0; j < kNT; ++j) {
             const uint32_t b[2] = {bf[j >> 1][(j & 1) * 2], bf[j >> 1][(j & 1) * 2 + 1]};
             arch::mma_bf16_16816(acc[i][j], af, b);
           }
         }
       }
+      slot = slot + 1 == stages ? 0 : slot + 1;
     }
     arch::cp_async_wait<0>();
   }
 };
 
 // The accumulator as common/epilogues.cuh sees it. Thread slots: 4 m16
-// tiles x 2 row halves; the 4 warps along N hold different columns of a row.
+// tiles x 2 row halves; the 4 warps along N hold different columns of a row
+// (column group = warp % 4, kBN/4 columns each).
+template <int kBN>
 struct FragView {
-  Accum& acc;
+  Accum<kBN>& acc;
+  static constexpr int kNT = kBN / 32;  // n8 tiles per warp
   static constexpr int kSlots = 8, kColGroups = 4, kThreads = sm80::kThreads;
 
   __device__ int slot_row(int slot) const {
@@ -136,33 +160,36 @@ struct FragView {
   __device__ int thread() const { return threadIdx.x; }
   __device__ void sync() const { __syncthreads(); }
 
-  // The warp's 4 n8 tiles are one group of 4: lane q gets columns wn + 8q ...
+  // The warp's n8 tiles in groups of 4 (32 columns): in group g, lane q gets
+  // columns wn + 32 g + 8 q ...
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * kWarpN;
+    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float2 p[4] = {{acc[i][0][2 * h], acc[i][0][2 * h + 1]},
-                             {acc[i][1][2 * h], acc[i][1][2 * h + 1]},
-                             {acc[i][2][2 * h], acc[i][2][2 * h + 1]},
-                             {acc[i][3][2 * h], acc[i][3][2 * h + 1]}};
-        float v[8];
-        quad_transpose(p, v);
-        fn(i * 2 + h, wm + i * 16 + (lane >> 2) + h * 8, wn + 8 * (lane & 3), v);
-      }
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int g = 0; g < kNT / 4; ++g) {
+          float2 p[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
+          float v[8];
+          quad_transpose(p, v);
+          fn(i * 2 + h, wm + i * 16 + (lane >> 2) + h * 8, wn + 32 * g + 8 * (lane & 3), v);
+        }
   }
 
   template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * kWarpN;
+    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < kNT; ++j)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           fn(i * 2 + h, wm + i * 16 + (lane >> 2) + h * 8, wn + j * 8 + (lane & 3) * 2,
@@ -170,20 +197,25 @@ struct FragView {
   }
 };
 
-// kMinCtas: CTAs per SM the register budget must allow (2 caps a thread at
-// 128 registers). Chosen per product: heavy epilogues spill at 2.
-template <Grouping G, Major MA, Major MB, bool kGatherA, EpiloguePolicy Epi, int kMinCtas>
+// kBN: the N tile, 128 or 256. kMinCtas: CTAs per SM the register budget
+// must allow (2 caps a thread at 128 registers; a 256-wide tile holds 128
+// accumulators per thread, so it runs at 1). Chosen per product.
+template <Grouping G, Major MA, Major MB, bool kGatherA, int kBN, EpiloguePolicy Epi,
+          int kMinCtas>
 __global__ void __launch_bounds__(kThreads, kMinCtas)
     grouped_gemm_kernel(const GemmArgs args, const typename Epi::Params ep) {
+  static_assert(kBN == 128 || kBN == 256, "warp slabs of 32 or 64 columns");
+  static_assert(kMinCtas == 1 || kBN == 128, "128 accumulators do not fit 128 registers");
   extern __shared__ __align__(1024) char smem[];
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
+  char* const epi_smem = smem + args.stages * kStageBytes<kBN>;
   for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
     const Tile t = sched.at(id);
-    Accum acc;
-    Mainloop<G, MA, MB, kGatherA>::run(args, t, smem, acc);
-    FragView frag{acc};
-    Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, smem + kMainloopSmem);
+    Accum<kBN> acc;
+    Mainloop<G, MA, MB, kGatherA, kBN>::run(args, t, smem, acc);
+    FragView<kBN> frag{acc};
+    Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
     __syncthreads();
   }
 }

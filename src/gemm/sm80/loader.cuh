@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "arch/sm80.cuh"
 #include "gemm/common/operand.cuh"
@@ -15,12 +16,16 @@
 
 namespace sonicmoe::gemm::sm80 {
 
-// K-major tile: 128 rows (M or N) x 64 k. The rows are fixed for the whole
-// K loop. Thread t copies chunk t % 8 of rows t / 8 + 32 i. Gathered rows
-// keep 4 resolved row pointers; contiguous rows need only the first and a
-// stride (registers are what the mainloop is short of).
-template <bool kGather>
+// K-major tile: kRows rows (M or N: 128 or 256) x 64 k. The rows are fixed
+// for the whole K loop. Thread t copies chunk t % 8 of rows t / 8 + 32 i, so
+// 8 consecutive lanes read one 128-byte row piece. Gathered rows keep
+// kRows / 32 resolved row pointers; contiguous rows need only the first and
+// a stride (registers are what the mainloop is short of).
+template <bool kGather, int kRows>
 class KMajorLoader {
+  static constexpr int kPasses = kRows / 32;
+  static_assert(kRows % 32 == 0);
+
  public:
   // Rows first_row .. first_row + rows - 1 of the stored matrix; columns
   // (k) are valid below k_extent.
@@ -28,25 +33,25 @@ class KMajorLoader {
                        int64_t k_extent) {
     const int t = threadIdx.x;
     chunk_ = t & 7;
-    k_extent_ = k_extent;
+    k_extent_ = static_cast<int>(k_extent);
     rows_ = rows;
     if constexpr (kGather) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < kPasses; ++i) {
         const int r = (t >> 3) + 32 * i;
         row_[i] = r < rows ? operand_row(op, expert, first_row + r) : op.ptr;
       }
     } else {
       row_[0] = op.ptr + expert * op.expert_stride + (first_row + (t >> 3)) * op.ld;
-      stride_ = 32 * op.ld;
+      stride_ = static_cast<int>(32 * op.ld);
     }
   }
 
   __device__ void load(uint32_t smem, int64_t k0) const {
-    const int64_t col = k0 + chunk_ * 8;
+    const int col = static_cast<int>(k0) + chunk_ * 8;
     const bool col_ok = col < k_extent_;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < kPasses; ++i) {
       const int r = (threadIdx.x >> 3) + 32 * i;
       const bool ok = r < rows_ && col_ok;
       const bf16_t* row = kGather ? row_[i] : row_[0] + i * stride_;
@@ -56,16 +61,26 @@ class KMajorLoader {
   }
 
  private:
-  const bf16_t* row_[kGather ? 4 : 1];
-  int64_t stride_ = 0;
+  const bf16_t* row_[kGather ? kPasses : 1];
+  // 32-bit: K and 32 row widths are far below 2^31, and every register
+  // counts at 2 CTAs per SM (128 per thread).
+  int stride_ = 0;
   int chunk_, rows_;
-  int64_t k_extent_;
+  int k_extent_;
 };
 
-// MN-major tile: 64 k-rows x 128 columns (M or N). The rows are k indices,
-// new every K step, so gathers are resolved per load. Thread t copies chunk
-// t % 16 of rows t / 16 + 16 i.
+// MN-major tile: 64 k-rows x kCols columns (M or N: 128 or 256). The rows
+// are k indices, new every K step, so gathers are resolved per load. A k-row
+// is kChunks = kCols / 8 chunks; thread t copies chunk t % kChunks of rows
+// t / kChunks + (256 / kChunks) i, so consecutive lanes read one contiguous
+// row piece (256 or 512 bytes).
+template <int kCols>
 class MNMajorLoader {
+  static constexpr int kChunks = kCols / 8;
+  static constexpr int kRowStep = kThreads / kChunks;  // k-rows per pass
+  static constexpr int kPasses = kBK / kRowStep;       // copies per thread
+  static_assert(kCols % 64 == 0 && kThreads % kChunks == 0 && kBK % kRowStep == 0);
+
  public:
   // k-row j of the tile is stored row first_row + k0 + j, valid while
   // k0 + j < k_rows; columns col0 .. are valid below col_extent. Loads must
@@ -74,7 +89,7 @@ class MNMajorLoader {
   // instead of stalling the thread right before its copies.
   __device__ void init(const Operand& op, int expert, int64_t first_row, int64_t k_rows,
                        int64_t col0, int64_t col_extent) {
-    const int64_t col = col0 + (threadIdx.x & 15) * 8;
+    const int64_t col = col0 + (threadIdx.x % kChunks) * 8;
     col_ok_ = col < col_extent;
     // Fold everything fixed for the tile into one base pointer: the loader
     // lives across the K loop, and registers are what the mainloop is short of.
@@ -88,10 +103,10 @@ class MNMajorLoader {
   }
 
   __device__ void load(uint32_t smem, int64_t k0) {
-    const int c = threadIdx.x & 15;
+    const int c = threadIdx.x % kChunks;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int j = (threadIdx.x >> 4) + 16 * i;
+    for (int i = 0; i < kPasses; ++i) {
+      const int j = threadIdx.x / kChunks + kRowStep * i;
       const bool ok = col_ok_ && static_cast<int>(k0) + j < k_rows_;
       // With a source size of 0 nothing is read: base_ only has to be an address.
       arch::cp_async_16(mn_addr(smem, j, c * 8),
@@ -103,8 +118,8 @@ class MNMajorLoader {
  private:
   __device__ void fetch_rows(int k0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int kr = k0 + (threadIdx.x >> 4) + 16 * i;
+    for (int i = 0; i < kPasses; ++i) {
+      const int kr = k0 + threadIdx.x / kChunks + kRowStep * i;
       rows_[i] = kr;
       if (gather_ && kr < k_rows_) rows_[i] = min(max(__ldg(gather_ + kr), 0), max_row_);
     }
@@ -114,11 +129,14 @@ class MNMajorLoader {
   int ld_;  // a row width in elements: far below 2^31
   const int32_t* gather_;
   int max_row_, k_rows_;
-  int rows_[4];  // stored rows of the next load
+  int rows_[kPasses];  // stored rows of the next load
   bool col_ok_;
 };
 
-template <Major M, bool kGather>
-using LoaderFor = std::conditional_t<M == Major::K, KMajorLoader<kGather>, MNMajorLoader>;
+// kSpan: the tile's extent along M or N (kBM for A, kBN for B). MN-major
+// operands gather at run time (op.gather), so kGather is for K-major only.
+template <Major M, bool kGather, int kSpan>
+using LoaderFor =
+    std::conditional_t<M == Major::K, KMajorLoader<kGather, kSpan>, MNMajorLoader<kSpan>>;
 
 }  // namespace sonicmoe::gemm::sm80

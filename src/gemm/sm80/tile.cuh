@@ -8,9 +8,12 @@
 // It is also the 128-byte swizzle of Hopper's TMA/wgmma, so the Hopper
 // engine can share the loaders' gathered-row path.
 //
-//   K-major operand  (A: [M][K], B: [N][K]):  one block of 128 rows x 64 k.
-//   MN-major operand (A: [K][M], B: [K][N]):  two blocks of 64 k-rows x 64.
-// Either way a stage of one operand is 16 KiB.
+// A tile spans S = 128 rows or columns (A: kBM; B: the kernel's kBN, 128 or
+// 256) by kBK = 64 k:
+//   K-major operand  (A: [M][K], B: [N][K]):  one block of S rows x 64 k.
+//   MN-major operand (A: [K][M], B: [K][N]):  S / 64 blocks of 64 k-rows x 64.
+// Either way one stage of one operand is S x 64 x 2 bytes: 16 KiB for A,
+// 16 or 32 KiB for B.
 #pragma once
 
 #include <cstdint>
@@ -20,17 +23,19 @@
 
 namespace sonicmoe::gemm::sm80 {
 
-inline constexpr int kBM = 128, kBN = 128, kBK = 64;
+// The N tile (kBN) is a kernel parameter; M and K tiles are fixed.
+inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 256;  // 8 warps: 2 along M x 4 along N
-inline constexpr int kWarpM = 64, kWarpN = 32;
-inline constexpr int kOperandBytes = 128 * 64 * 2;  // one operand, one stage
+inline constexpr int kWarpM = 64;     // a warp's N slab is kBN / 4
+template <int kSpan>
+inline constexpr int kOperandBytes = kSpan * kBK * 2;  // one operand, one stage
 
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
-// Address of element (row r, col c) of a 128-column MN-major tile split into
-// two 64-column blocks of 64 rows.
+// Address of element (k-row krow, col c) of an MN-major tile split into
+// 64-column blocks of 64 rows (any width: block c / 64).
 __device__ __forceinline__ uint32_t mn_addr(uint32_t base, int krow, int col) {
   return base + (col >> 6) * (64 * 128) + swz(krow, (col & 63) >> 3);
 }
