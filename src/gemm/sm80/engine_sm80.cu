@@ -39,13 +39,15 @@ struct Tiling {
 //                element instead of 64 (128 x 128 is L2-bound, docs/NOTES.md).
 // The grid is what the occupancy query allows: more stages than two CTAs'
 // shared memory holds make a min_ctas = 2 kernel run one CTA per SM.
+// Every product starts at 128 x 256 (the Hopper engine's width); dH then
+// has one N tile per 256 intermediate columns (dh_n_tile).
 //                                N tile  stages  CTAs/SM
-constexpr Tiling kUpProjTiling   {128,    3,      2};
-constexpr Tiling kDownProjTiling {128,    3,      2};
-constexpr Tiling kDhTiling       {128,    3,      1};
-constexpr Tiling kDxTildeTiling  {128,    3,      2};
-constexpr Tiling kDw2Tiling      {128,    3,      1};
-constexpr Tiling kDw1Tiling      {128,    3,      1};
+constexpr Tiling kUpProjTiling   {256,    4,      1};
+constexpr Tiling kDownProjTiling {256,    4,      1};
+constexpr Tiling kDhTiling       {256,    4,      1};
+constexpr Tiling kDxTildeTiling  {256,    4,      1};
+constexpr Tiling kDw2Tiling      {256,    4,      1};
+constexpr Tiling kDw1Tiling      {256,    4,      1};
 
 template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
 void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
