@@ -217,6 +217,17 @@ TEST(GpuLayer, LongTokensAndDroppedPairs) {
     if (!is_kept[i]) ASSERT_EQ(r.dscores[i], 0.0) << "dropped pair " << i;
 }
 
+// Weights of at least 4M elements per expert and product: the portable
+// engine's up-projection, down-projection and dX~ switch to 128 x 256 tiles
+// there (engine_sm80.cu, by_weight_size), which smaller shapes never reach.
+TEST(GpuLayer, LargeExpertWeights) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 40, s.d = 4096, s.n = 1024, s.E = 2, s.K = 1, s.act = Activation::ReLU, s.bias = true;
+  const Case c = make_case(s);
+  expect_empty_experts_zero(c, check_case(c));
+}
+
 TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;

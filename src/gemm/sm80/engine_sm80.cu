@@ -39,15 +39,29 @@ struct Tiling {
 //                element instead of 64 (128 x 128 is L2-bound, docs/NOTES.md).
 // The grid is what the occupancy query allows: more stages than two CTAs'
 // shared memory holds make a min_ctas = 2 kernel run one CTA per SM.
-// Every product starts at 128 x 256 (the Hopper engine's width); dH then
-// has one N tile per 256 intermediate columns (dh_n_tile).
+// dH and the dW products were faster at 128 x 256 on every canonical shape
+// (H200: dW2 20-45%, dW1 4-14%, dH 4-11%); dH then has one N tile per 256
+// intermediate columns (dh_n_tile). The other grouped-M products pick per
+// call (wide_tiles below): two CTAs of 128 x 128 won where the expert's
+// weight matrix is small.
 //                                N tile  stages  CTAs/SM
-constexpr Tiling kUpProjTiling   {256,    4,      1};
-constexpr Tiling kDownProjTiling {256,    4,      1};
+constexpr Tiling kNarrowTiling   {128,    3,      2};
+constexpr Tiling kWideTiling     {256,    4,      1};
 constexpr Tiling kDhTiling       {256,    4,      1};
-constexpr Tiling kDxTildeTiling  {256,    4,      1};
 constexpr Tiling kDw2Tiling      {256,    4,      1};
 constexpr Tiling kDw1Tiling      {256,    4,      1};
+
+// Up-projection, down-projection and dX~ at 128 x 256 when the product's
+// N x K (one expert's weights) is at least 4M elements, else 128 x 128 with
+// two CTAs per SM. Measured on H200 (docs/NOTES.md): 128 x 256 lost 2-9%
+// on 7b-n256 and 7b-n1024 (N x K <= 3.1M) and won 3-12% on 30b-n1024 and
+// 120b-n2048 (N x K >= 4.2M).
+constexpr int64_t kWideFromNK = int64_t{4} << 20;
+template <class Fn>
+void by_weight_size(int64_t N, int64_t K, Fn&& fn) {
+  if (N * K >= kWideFromNK) fn.template operator()<kWideTiling>();
+  else fn.template operator()<kNarrowTiling>();
+}
 
 template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
 void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
@@ -92,21 +106,24 @@ class PortableEngine final : public Engine {
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     const int64_t R = L.R();
-    GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
-               grouped_m_schedule(L, r, R, L.d, kUpProjTiling.bn)};
-    act::dispatch(L.act, [&]<Activation A>() {
-      using Epi = UpProjEpilogue<A>;
-      launch<Grouping::M, Major::K, Major::K, true, Epi, kUpProjTiling>(
-          "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kBM), st);
+    by_weight_size(R, L.d, [&]<Tiling C>() {
+      GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
+                 grouped_m_schedule(L, r, R, L.d, C.bn)};
+      act::dispatch(L.act, [&]<Activation A>() {
+        launch<Grouping::M, Major::K, Major::K, true, UpProjEpilogue<A>, C>(
+            "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kBM), st);
+      });
     });
   }
 
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
-    GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n),
-               grouped_m_schedule(L, r, L.d, L.n, kDownProjTiling.bn)};
-    launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, kDownProjTiling>(
-        "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
+    by_weight_size(L.d, L.n, [&]<Tiling C>() {
+      GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n),
+                 grouped_m_schedule(L, r, L.d, L.n, C.bn)};
+      launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, C>(
+          "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
+    });
   }
 
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
@@ -125,10 +142,12 @@ class PortableEngine final : public Engine {
   void dx_tilde(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dh,
                 bf16_t* dxt, cudaStream_t st) override {
     const int64_t R = L.R();
-    GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d),
-               grouped_m_schedule(L, r, L.d, R, kDxTildeTiling.bn)};
-    launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, kDxTildeTiling>(
-        "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kBM), st);
+    by_weight_size(L.d, R, [&]<Tiling C>() {
+      GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d),
+                 grouped_m_schedule(L, r, L.d, R, C.bn)};
+      launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, C>(
+          "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kBM), st);
+    });
   }
 
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
