@@ -228,6 +228,19 @@ TEST(GpuLayer, LargeExpertWeights) {
   expect_empty_experts_zero(c, check_case(c));
 }
 
+// More tiles than a GPU has SMs in every grouped-M product (16384 pairs on
+// 4 experts: 132 M tiles of 128 rows times 2 or 4 N tiles), so that every
+// persistent CTA runs several tiles: the Hopper engine's ping-pong schedule
+// hands alternate tiles to its two consumer warpgroups, and the pipeline
+// phases wrap many times.
+TEST(GpuLayer, ManyTilesPerCta) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 4096, s.d = 256, s.n = 256, s.E = 4, s.K = 4;
+  const Case c = make_case(s);
+  check_case(c);
+}
+
 TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;

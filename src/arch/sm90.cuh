@@ -121,6 +121,11 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// Counts this warp's threads towards the barrier without waiting: with
+// named_sync on the other side, one group signals another.
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 }  // namespace sonicmoe::arch::sm90
 

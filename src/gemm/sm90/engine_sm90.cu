@@ -8,7 +8,10 @@
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
 //   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
 //   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue (256 x 128)
+// With SONICMOE_HOPPER_SCHEDULE=pingpong the four grouped-M products run
+// ping-pong 128 x 128 tiles instead (see ping_pong below).
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "common/activation.hpp"
@@ -28,11 +31,11 @@ using namespace sm90;
 constexpr int kWideN = 256, kWideStages = 4;
 
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM>
+          int kTileM = kBM, bool kPingPong = false>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
-  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM>;
+  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM, kPingPong>;
   auto kernel = grouped_gemm_kernel<K>;
   static const bool configured = [&] {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
@@ -47,16 +50,41 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
 
 const CUtensorMap kNoMap{};
 
+// The grouped-M products' alternative schedule: ping-pong consumers, each
+// warpgroup on its own 128 x 128 tile, 6 stages of 32 KiB. Measured slower
+// than the cooperative 128 x 256 tiles on H200 (docs/NOTES.md) except dH on
+// 7b-n256 (3%), so it is opt-in: SONICMOE_HOPPER_SCHEDULE=pingpong, read
+// once per process (tools/device_tests.sh runs the GPU tests with it).
+constexpr int kPPN = 128, kPPStages = 6;
+bool ping_pong() {
+  static const bool on = [] {
+    const char* v = std::getenv("SONICMOE_HOPPER_SCHEDULE");
+    return v != nullptr && std::string(v) == "pingpong";
+  }();
+  return on;
+}
+
 class HopperEngine final : public Engine {
  public:
   const char* name() const override { return "hopper-sm90a"; }
   int m_tile() const override { return kBM; }
-  int dh_n_tile() const override { return kWideN; }
+  int dh_n_tile() const override { return ping_pong() ? kPPN : kWideN; }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
+    if (ping_pong()) {
+      const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
+                       grouped_m_schedule(L, r, R, L.d, kPPN)};
+      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kPPN);
+      act::dispatch(L.act, [&]<Activation A>() {
+        launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kPPN, kPPStages,
+               UpProjEpilogue<A>, kBM, true>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
+                                             grouped_m_tiles(L, g.schedule, kBM), st);
+      });
+      return;
+    }
     const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
                      grouped_m_schedule(L, r, R, L.d, kWideN)};
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN);
@@ -70,6 +98,15 @@ class HopperEngine final : public Engine {
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
     if (L.N == 0) return;
+    if (ping_pong()) {
+      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kPPN)};
+      const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
+      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kPPN);
+      launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kPPN, kPPStages, StoreEpilogue,
+             kBM, true>("down_proj", g, ma, mb, {y, L.d, 0, w.b2},
+                        grouped_m_tiles(L, g.schedule, kBM), st);
+      return;
+    }
     const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kWideN)};
     const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN);
@@ -81,6 +118,18 @@ class HopperEngine final : public Engine {
           const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
           cudaStream_t st) override {
     if (L.N == 0) return;
+    if (ping_pong()) {
+      const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
+                       grouped_m_schedule(L, r, L.n, L.d, kPPN)};
+      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
+      act::dispatch(L.act, [&]<Activation A>() {
+        launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kPPN, kPPStages,
+               DHEpilogue<A>, kBM, true>("dh", g, kNoMap, mb,
+                                         {h, scores, r.sorted_pair, dh, ap, ds_part},
+                                         grouped_m_tiles(L, g.schedule, kBM), st);
+      });
+      return;
+    }
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
                      grouped_m_schedule(L, r, L.n, L.d, kWideN)};
     const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
@@ -95,6 +144,15 @@ class HopperEngine final : public Engine {
                 bf16_t* dxt, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
+    if (ping_pong()) {
+      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, kPPN)};
+      const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
+      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
+      launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kPPN, kPPStages, StoreEpilogue,
+             kBM, true>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
+                        grouped_m_tiles(L, g.schedule, kBM), st);
+      return;
+    }
     const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, kWideN)};
     const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
     const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);

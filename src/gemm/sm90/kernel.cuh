@@ -25,6 +25,17 @@
 //   stages while the consumers run the epilogue.
 // - Epilogue (common/epilogues.cuh through FragView): the 256 consumer
 //   threads synchronise on named barrier kEpilogueBarrier only.
+// - Ping-pong (kPingPong): each consumer warpgroup owns whole tiles instead,
+//   the CTA's even tiles for WG1 and odd ones for WG2. The producer still
+//   fills stages in tile order, so a tile's stages are consumed by one
+//   warpgroup (empty[s] expects 1 arrival) and the other skips them in its
+//   stage count; while one warpgroup runs its epilogue the other's MMAs
+//   keep the tensor cores busy. Each warpgroup has its own epilogue barrier
+//   (epilogue_barrier) and shared memory. The mainloops run strictly in
+//   tile order (order_barrier: tile k's waits for tile k-1's to end): a
+//   warpgroup that skipped the other's tile must not wait on a stage's full
+//   barrier before that stage's earlier phases completed, since a parity
+//   wait cannot tell phase p from p + 2.
 #pragma once
 
 #include <cuda.h>
@@ -45,6 +56,11 @@ inline constexpr int kThreads = 384;
 // Named barriers (0 is __syncthreads'): the consumers' epilogue, and the
 // producer's staging of gathered row indices.
 inline constexpr int kEpilogueBarrier = 1, kProducerBarrier = 2;
+// Ping-pong: warpgroup w's epilogue barrier (128 threads each), and the
+// barrier on which it waits for the other's mainloop to end (256: 128
+// arrive, 128 wait).
+__device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
+__device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
 // Registers per thread of each role (setmaxnreg). Grouped-K producers copy
 // both operands with staged indices and need more; grouped-M consumers run
 // the heavier epilogues (dH) and need more.
@@ -76,21 +92,26 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
 }
 
-// The accumulator of one consumer warpgroup (64 rows x kBN) as the shared
-// epilogues see it: per thread 2 row slots, all columns of those rows.
-template <int kBN, int kSub>
+// The accumulator of one consumer warpgroup (kSub x 64 rows x kBN) as the
+// shared epilogues see it: per thread 2 row slots per m64, all columns of
+// those rows. Cooperative: the epilogue is both warpgroups' (256 threads,
+// rows split); kOwnTile (ping-pong): one warpgroup's, which owns the tile.
+template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
-  static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 256;
+  static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = kOwnTile ? 128 : 256;
 
-  __device__ int wg_row() const { return ((threadIdx.x - 128) >> 7) * 64 * kSub; }
+  __device__ int wg() const { return (threadIdx.x - 128) >> 7; }
+  __device__ int wg_row() const { return kOwnTile ? 0 : wg() * 64 * kSub; }
   __device__ int row0(int sub) const {
     return wg_row() + sub * 64 + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
   }
   __device__ int slot_row(int slot) const { return row0(slot >> 1) + (slot & 1) * 8; }
   __device__ int col_group() const { return 0; }
-  __device__ int thread() const { return threadIdx.x - 128; }
-  __device__ void sync() const { hw::named_sync(kEpilogueBarrier, kThreads); }
+  __device__ int thread() const { return (threadIdx.x - 128) & (kThreads - 1); }
+  __device__ void sync() const {
+    hw::named_sync(kOwnTile ? epilogue_barrier(wg()) : kEpilogueBarrier, kThreads);
+  }
 
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
@@ -128,9 +149,11 @@ struct FragView {
 // kTileM: rows of a tile, 128 or 256; each consumer warpgroup owns
 // kTileM / 2 rows as kSub m64 sub-tiles.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM>
+          int kTileM = kBM, bool kPingPong = false>
 struct Kernel {
-  static constexpr int kSub = kTileM / 128;
+  // m64 sub-tiles per consumer warpgroup: half the tile's rows, or all.
+  static constexpr int kSub = kPingPong ? kTileM / 64 : kTileM / 128;
+  static constexpr int kConsumersPerStage = kPingPong ? 1 : 2;
   static_assert(kTileM == 128 || kTileM == 256);
   static_assert(G == Grouping::K || kTileM == 128, "gathered K-major rows: one per producer thread");
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
@@ -154,7 +177,8 @@ struct Kernel {
   static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
-  static constexpr int kEpiBytes = Epi::template smem_bytes<kTileM>();
+  static constexpr int kEpiBytes =
+      Epi::template smem_bytes<kTileM>() * (kPingPong ? 2 : 1);  // ping-pong: one per WG
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
                                     4 * kBK * 4 /* gathered row indices */;
@@ -328,7 +352,7 @@ struct Kernel {
   // A operand of sub-tile `sub` of consumer warpgroup `wg` (rows
   // (2 wg + sub) * 64 .. with kSub sub-tiles per warpgroup).
   __device__ static uint64_t desc_a(uint32_t stage, int wg, int sub, int kk) {
-    const int block = wg * kSub + sub;  // which 64 rows
+    const int block = (kPingPong ? 0 : wg) * kSub + sub;  // which 64 rows
     if constexpr (MA == Major::K)  // 64 rows = 8 KiB; k16 = 32 bytes
       return hw::smem_desc(stage + block * 64 * 128 + kk * 32, 16, 1024);
     else  // block of 64 columns; k16 = two 8-row atoms
@@ -359,6 +383,11 @@ struct Kernel {
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
+      if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
+        it += ktiles;
+        continue;
+      }
+      if (kPingPong && k > 0) hw::named_sync(order_barrier(wg), 256);
 #pragma unroll
       for (int i = 0; i < kSub; ++i)
 #pragma unroll
@@ -385,8 +414,12 @@ struct Kernel {
       }
       hw::wgmma_wait<0>();
       if (ktiles > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
-      FragView<kBN, kSub> frag{acc};
-      Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, sm.epi);
+      // Tile k + 1's mainloop may start (if there is one: every arrive is
+      // matched by the other warpgroup's wait).
+      if (kPingPong && tile_of(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
+      FragView<kBN, kSub, kPingPong> frag{acc};
+      char* epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
+      Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
   }
 };
@@ -402,7 +435,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < K::kNumStages; ++s) {
       hw::mbar_init(sm.full + s, K::kAnyCopy ? 128 : 1);
-      hw::mbar_init(sm.empty + s, 2);
+      hw::mbar_init(sm.empty + s, K::kConsumersPerStage);
     }
     hw::fence_barrier_init();
     if (K::kTmaA) hw::prefetch_tensormap(&map_a);
