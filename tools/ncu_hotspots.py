@@ -1,0 +1,38 @@
+"""Top stall locations of one kernel from an ncu source-page CSV.
+
+Usage: python3 tools/ncu_hotspots.py SRC.csv [N]
+SRC.csv comes from `ncu -i REPORT --page source --print-source sass --csv`.
+Prints the N SASS instructions (default 30) with the most warp-stall
+samples, with their long-scoreboard share: spin loops on
+SYNCS.PHASECHK...TRYWAIT are mbarrier waits (the offset says which barrier).
+"""
+import csv
+import sys
+
+
+def number(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def main():
+    rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+    top = int(sys.argv[2]) if len(sys.argv) > 2 else 30
+    head = next(i for i, r in enumerate(rows) if "Source" in (c.strip() for c in r))
+    names = [c.strip() for c in rows[head]]
+    data = [r for r in rows[head + 1:] if len(r) == len(names)]
+    addr, src = names.index("Address"), names.index("Source")
+    samples = names.index("Warp Stall Sampling (All Samples)")
+    long_sb = next((i for i, n in enumerate(names) if n == "stall_long_sb"), None)
+    total = sum(number(r[samples]) for r in data)
+    print(f"{total:.0f} samples over {len(data)} instructions")
+    for r in sorted(data, key=lambda r: -number(r[samples]))[:top]:
+        share = number(r[samples]) / total if total else 0.0
+        lsb = f"long_sb {number(r[long_sb]):7.0f}" if long_sb is not None else ""
+        print(f"{number(r[samples]):7.0f} {share:6.1%} {r[addr][-6:]} {lsb}  {r[src][:80]}")
+
+
+if __name__ == "__main__":
+    main()
