@@ -17,9 +17,12 @@
 //                        `target - count` non-picks, "best" being score key
 //                        descending, then token ascending. A 4-pass 8-bit
 //                        radix select finds the threshold key and how many
-//                        keys equal to it are taken; a final pass in token
-//                        order takes those ties by a block scan, so the
-//                        lower tokens win. The chosen row is written one
+//                        keys equal to it are taken (warp 0 picks each
+//                        digit: choose_digit); a final pass marks the keys
+//                        above it and those ties, by a block scan in token
+//                        order so that the lower tokens win, unless every
+//                        tie is taken (the usual case: each token then
+//                        decides alone). The chosen row is written one
 //                        ballot (32 tokens) per word. The T keys (key + 1 for
 //                        a candidate, 0 otherwise) are formed once into
 //                        shared memory when T <= kMaxCachedTokens; beyond,
@@ -149,7 +152,42 @@ struct SelectStorage {
   int32_t count;
   uint32_t prefix;
   int32_t remaining;
+  int32_t ties;  // after the last pass: candidates whose key equals prefix
 };
+
+// Warp 0 of the block: the digit of the threshold, scanning hist from the
+// highest digit down for the first where the keys above plus its own reach
+// `remaining`; writes the new prefix, remaining and the digit's count. Lane l
+// sums digits [kBins - 8(l + 1), kBins - 8l); a warp scan finds the lane
+// where the running sum reaches `remaining`, which walks its 8 digits. As
+// the serial walk it replaces, it settles on digit 0 without testing it.
+__device__ __forceinline__ void choose_digit(SelectStorage& smem, int lane, uint32_t prefix,
+                                             int32_t remaining, int shift) {
+  constexpr int kPer = kBins / kWarp;
+  const int hi = kBins - kPer * lane, lo = hi - kPer;
+  int32_t mine = 0;
+#pragma unroll
+  for (int d = lo; d < hi; ++d) mine += smem.hist[d];
+  int32_t upto = mine;  // digits >= lo
+#pragma unroll
+  for (int d = 1; d < kWarp; d *= 2) {
+    const int32_t v = __shfl_up_sync(kFullMask, upto, d);
+    if (lane >= d) upto += v;
+  }
+  const unsigned reached = __ballot_sync(kFullMask, upto >= remaining);
+  const int owner = reached ? __ffs(reached) - 1 : kWarp - 1;
+  if (lane == owner) {
+    int32_t above = upto - mine;
+    int digit = hi - 1;
+    for (; digit > lo; --digit) {
+      if (above + smem.hist[digit] >= remaining) break;
+      above += smem.hist[digit];
+    }
+    smem.remaining = remaining - above;
+    smem.prefix = prefix | (static_cast<uint32_t>(digit) << shift);
+    smem.ties = smem.hist[digit];
+  }
+}
 
 // What one expert's block selects among: the picks (dropping) or the
 // non-picks (adding), each with its order key.
@@ -209,34 +247,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
   };
   if constexpr (kCached) {
     if (selecting) {
-      // Every load of kFill tokens is issued before any key is formed: the
-      // column reads of the logits are latency-bound, not bandwidth-bound.
-      constexpr int kFill = 4;
-      for (int32_t base = threadIdx.x; base < p.tokens; base += kSelectThreads * kFill) {
-        uint32_t word[kFill];
-        float z[kFill], m[kFill], inv[kFill];
-#pragma unroll
-        for (int u = 0; u < kFill; ++u) {
-          const int32_t t = base + u * kSelectThreads;
-          word[u] = t < p.tokens ? picked_row[t >> 5] : 0u;
-          if (!cand.drop && t < p.tokens) {
-            z[u] = to_float(p.logits[int64_t{t} * p.experts + e]);
-            m[u] = p.row_max[t];
-            inv[u] = p.row_inv_sum[t];
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kFill; ++u) {
-          const int32_t t = base + u * kSelectThreads;
-          if (t >= p.tokens) break;
-          const bool is_cand = ((word[u] >> (t & 31)) & 1u) == static_cast<uint32_t>(cand.drop);
-          uint32_t key = 0;
-          if (is_cand)  // the same arithmetic as Problem::prob
-            key = 1u + detail::score_key(cand.drop ? p.pick_score(t, e)
-                                                   : expf(z[u] - m[u]) * inv[u]);
-          cached_keys[t] = key;
-        }
-      }
+      for (int32_t t = threadIdx.x; t < p.tokens; t += kSelectThreads) cached_keys[t] = fresh_key(t);
       __syncthreads();
     }
   }
@@ -261,15 +272,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
         add_to_bin(smem.hist, active, static_cast<int32_t>((key >> shift) & (kBins - 1)), lane);
       }
       __syncthreads();
-      if (threadIdx.x == 0) {
-        int32_t above = 0, digit = 0;
-        for (digit = kBins - 1; digit > 0; --digit) {
-          if (above + smem.hist[digit] >= remaining) break;
-          above += smem.hist[digit];
-        }
-        smem.remaining = remaining - above;
-        smem.prefix = prefix | (static_cast<uint32_t>(digit) << shift);
-      }
+      if (warp == 0) choose_digit(smem, lane, prefix, remaining, shift);
       __syncthreads();
       prefix = smem.prefix;
       remaining = smem.remaining;
@@ -277,8 +280,26 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const Problem<L>
     }
   }
 
-  // Mark the chosen tokens in token order; ties at the threshold go to the
-  // lowest tokens.
+  // Mark the chosen tokens. Usually every key equal to the threshold is
+  // taken (float keys rarely tie): then each token decides alone.
+  if (!selecting || smem.ties == remaining) {
+    for (int32_t base = 0; base < p.tokens; base += kSelectThreads) {
+      const int32_t t = base + static_cast<int32_t>(threadIdx.x);
+      const bool in = t < p.tokens;
+      const bool is_cand = in && cand.is_candidate(t);
+      bool take = take_all && is_cand;
+      if (selecting && in) {
+        const uint32_t key = key_of(t);
+        take = key != 0 && key >= prefix;
+      }
+      const bool chosen = cand.drop ? take : (take || (in && !is_cand));
+      const unsigned word = __ballot_sync(kFullMask, chosen);
+      const int32_t w = base / kWarp + warp;
+      if (lane == 0 && w < p.words) chosen_row[w] = word;
+    }
+    return;
+  }
+  // Otherwise in token order, so that the lowest tokens win the ties.
   int32_t ties_before = 0;
   for (int32_t base = 0; base < p.tokens; base += kSelectThreads) {
     const int32_t t = base + static_cast<int32_t>(threadIdx.x);
