@@ -5,10 +5,10 @@
 //   down_proj M  A=A         K   B=W2_e K   StoreEpilogue
 //   dh        M  A=dO[gather] K  B=W2_e MN  DHEpilogue<act> x 7
 //   dx_tilde  M  A=dH        K   B=W1_e MN  StoreEpilogue
-//   dw2       K  A=dO[gather] MN B=A'   MN  StoreEpilogue
-//   dw1       K  A=dH        MN  B=X[gather] MN StoreEpilogue  (dw2's kernel
-//                                                    while their tilings agree)
-// Each product's tile, pipeline depth and CTAs/SM come from the table below.
+//   dw2       K  A=dO[gather] MN B=A'   MN  StoreEpilogue  (128 x 256)
+//   dw1       K  A=dH        MN  B=X[gather] MN StoreEpilogue  (256 x 128)
+// Each product's tile, pipeline depth and CTAs/SM come from the table below
+// (products with equal rows and equal template arguments share a kernel).
 #include <algorithm>
 #include <string>
 
@@ -22,34 +22,44 @@ namespace {
 
 using namespace sm80;
 
-// How a product runs: N tile (128 or 256; M is 128), cp.async stages (2 ..
-// kMaxStages; the launcher lowers it where the device's shared memory per
-// block is smaller, e.g. 4 -> 3 at 256 on an A100), and the CTAs per SM the
-// register budget must allow (__launch_bounds__: 2 caps a thread at 128
-// registers; 256-wide tiles need 1).
+// How a product runs: M and N tiles (128 x 128, 128 x 256, or 256 x 128 for
+// grouped-K products: grouped-M products are counted in 128-row tiles,
+// kGroupedMTile), cp.async stages (2 .. kMaxStages; the launcher lowers it
+// where the device's shared memory per block is smaller, e.g. 4 -> 3 at
+// 48 KiB stages on an A100), and the CTAs per SM the register budget must
+// allow (__launch_bounds__: 2 caps a thread at 128 registers; 128 x 256 and
+// 256 x 128 tiles hold 128 accumulators per thread and need 1).
 struct Tiling {
-  int bn, stages, min_ctas;
+  int bm, bn, stages, min_ctas;
 };
 
 // The one place to choose. The usual rows:
-//   {128, 3, 2}  128 x 128, 3 stages of 32 KiB: two CTAs share an SM's
-//                shared memory and registers (the dH epilogue and the dW
-//                products spill at 128 registers: {128, 3, 1} for those).
-//   {256, 4, 1}  128 x 256, 4 stages of 48 KiB (192 KiB): 85 MACs per loaded
-//                element instead of 64 (128 x 128 is L2-bound, docs/NOTES.md).
+//   {128, 128, 3, 2}  128 x 128, 3 stages of 32 KiB: two CTAs share an SM's
+//                     shared memory and registers (the dH epilogue and the
+//                     dW products spill at 128 registers: {128, 128, 3, 1}
+//                     for those).
+//   {128, 256, 4, 1}  128 x 256, 4 stages of 48 KiB (192 KiB): 85 MACs per
+//                     loaded element instead of 64 (128 x 128 is L2-bound,
+//                     docs/NOTES.md).
+//   {256, 128, 4, 1}  256 x 128, the same stages and intensity with the
+//                     roles of M and N swapped (grouped-K products only).
 // The grid is what the occupancy query allows: more stages than two CTAs'
 // shared memory holds make a min_ctas = 2 kernel run one CTA per SM.
-// dH and the dW products were faster at 128 x 256 on every canonical shape
-// (H200: dW2 20-45%, dW1 4-14%, dH 4-11%); dH then has one N tile per 256
-// intermediate columns (dh_n_tile). The other grouped-M products pick per
-// call (wide_tiles below): two CTAs of 128 x 128 won where the expert's
-// weight matrix is small.
-//                                N tile  stages  CTAs/SM
-constexpr Tiling kNarrowTiling   {128,    3,      2};
-constexpr Tiling kWideTiling     {256,    4,      1};
-constexpr Tiling kDhTiling       {256,    4,      1};
-constexpr Tiling kDw2Tiling      {256,    4,      1};
-constexpr Tiling kDw1Tiling      {256,    4,      1};
+// dH and the dW products were faster at 128 x 256 than at 128 x 128 on every
+// canonical shape (H200: dW2 20-45%, dW1 4-14%, dH 4-11%); dH then has one
+// N tile per 256 intermediate columns (dh_n_tile). The other grouped-M
+// products pick per call (by_weight_size below): two CTAs of 128 x 128 won
+// where the expert's weight matrix is small.
+// Each stage copies the gathered operand (X or dO rows by token) 16 bytes
+// per thread and row, with its index load: it belongs on the tile's narrow
+// side (docs/NOTES.md, on the Hopper engine). dW1 gathers B (X), so it runs
+// 256 x 128; dW2 gathers A (dO), which 128 x 256 already keeps narrow.
+//                                M tile  N tile  stages  CTAs/SM
+constexpr Tiling kNarrowTiling   {128,    128,    3,      2};
+constexpr Tiling kWideTiling     {128,    256,    4,      1};
+constexpr Tiling kDhTiling       {128,    256,    4,      1};
+constexpr Tiling kDw2Tiling      {128,    256,    4,      1};
+constexpr Tiling kDw1Tiling      {256,    128,    4,      1};
 
 // Up-projection, down-projection and dX~ at 128 x 256 when the product's
 // N x K (one expert's weights) is at least 4M elements, else 128 x 128 with
@@ -67,9 +77,11 @@ template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
 void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
   static_assert(C.stages >= 2 && C.stages <= kMaxStages);
-  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bn, Epi, C.min_ctas>;
-  constexpr int stage_bytes = kStageBytes<C.bn>;
-  constexpr int epi_bytes = Epi::template smem_bytes<kBM>();
+  static_assert(G == Grouping::K || C.bm == kGroupedMTile,
+                "grouped-M tiles are counted in kGroupedMTile rows (Engine::m_tile)");
+  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas>;
+  constexpr int stage_bytes = kStageBytes<C.bm, C.bn>;
+  constexpr int epi_bytes = Epi::template smem_bytes<C.bm>();
   static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,
                 "shared memory budget of one CTA (H100)");
   // Per instantiation, once per process (the first call pays for it): the
@@ -100,7 +112,7 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
 class PortableEngine final : public Engine {
  public:
   const char* name() const override { return "portable-sm80"; }
-  int m_tile() const override { return kBM; }
+  int m_tile() const override { return kGroupedMTile; }
   int dh_n_tile() const override { return kDhTiling.bn; }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
@@ -111,7 +123,7 @@ class PortableEngine final : public Engine {
                  grouped_m_schedule(L, r, R, L.d, C.bn)};
       act::dispatch(L.act, [&]<Activation A>() {
         launch<Grouping::M, Major::K, Major::K, true, UpProjEpilogue<A>, C>(
-            "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kBM), st);
+            "up_proj", g, {h, a, w.b1, L.n}, grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
       });
     });
   }
@@ -122,7 +134,7 @@ class PortableEngine final : public Engine {
       GemmArgs g{rows_of(a, L.n, L.N), weights_of(w.w2, L.n, L.d * L.n),
                  grouped_m_schedule(L, r, L.d, L.n, C.bn)};
       launch<Grouping::M, Major::K, Major::K, false, StoreEpilogue, C>(
-          "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
+          "down_proj", g, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
     });
   }
 
@@ -134,8 +146,8 @@ class PortableEngine final : public Engine {
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = DHEpilogue<A>;
       launch<Grouping::M, Major::K, Major::MN, true, Epi, kDhTiling>(
-          "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part}, grouped_m_tiles(L, g.schedule, kBM),
-          st);
+          "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part},
+          grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
     });
   }
 
@@ -146,14 +158,14 @@ class PortableEngine final : public Engine {
       GemmArgs g{rows_of(dh, R, L.N), weights_of(w.w1, L.d, R * L.d),
                  grouped_m_schedule(L, r, L.d, R, C.bn)};
       launch<Grouping::M, Major::K, Major::MN, false, StoreEpilogue, C>(
-          "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kBM), st);
+          "dx_tilde", g, {dxt, L.d, 0, nullptr}, grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
     });
   }
 
   void dw2(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dout, const bf16_t* ap,
            bf16_t* dw2, cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
-               grouped_k_schedule(L, r, L.d, L.n, kBM, kDw2Tiling.bn)};
+               grouped_k_schedule(L, r, L.d, L.n, kDw2Tiling.bm, kDw2Tiling.bn)};
     const int64_t tiles = grouped_k_tiles(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw2Tiling>(
         "dw2", g, {dw2, L.n, L.d * L.n, nullptr}, tiles, st);
@@ -163,7 +175,7 @@ class PortableEngine final : public Engine {
            cudaStream_t st) override {
     const int64_t R = L.R();
     GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
-               grouped_k_schedule(L, r, R, L.d, kBM, kDw1Tiling.bn)};
+               grouped_k_schedule(L, r, R, L.d, kDw1Tiling.bm, kDw1Tiling.bn)};
     const int64_t tiles = grouped_k_tiles(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw1Tiling>(
         "dw1", g, {dw1, L.d, R * L.d, nullptr}, tiles, st);

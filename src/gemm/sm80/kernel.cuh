@@ -1,11 +1,13 @@
 // The portable grouped GEMM: scheduler -> loaders -> mainloop -> epilogue.
 //
-// Pipeline contract (one CTA, 256 threads = 8 warps, 2 along M x 4 along N;
-// the CTA tile is 128 x kBN with kBN = 128 or 256, a warp's slab 64 x kBN/4):
-// - Every thread is both producer and consumer. A stage is one 128 x 64 A
-//   tile (16 KiB) and one kBN x 64 B tile (16 or 32 KiB). g.stages stages
-//   (2 .. kMaxStages, chosen by the launcher: what the product asks for,
-//   lowered to what the device's shared memory holds) rotate.
+// Pipeline contract (one CTA, 256 threads = 8 warps; the CTA tile is
+// kBM x kBN: 128 x 128 or 128 x 256 (2 x 4 warps), or 256 x 128 (4 x 2
+// warps, grouped-K products only); every warp holds a 64-row slab,
+// WarpGrid in tile.cuh):
+// - Every thread is both producer and consumer. A stage is one kBM x 64 A
+//   tile and one kBN x 64 B tile (16 KiB per 128): 32 or 48 KiB. g.stages
+//   stages (2 .. kMaxStages, chosen by the launcher: what the product asks
+//   for, lowered to what the device's shared memory holds) rotate.
 // - Prologue: stages 0 .. stages-2 are requested (one cp.async group each,
 //   committed even when empty so that group counting stays uniform).
 // - Iteration kt: wait until at most stages-2 groups are in flight (stage
@@ -32,14 +34,13 @@ namespace sonicmoe::gemm::sm80 {
 
 inline constexpr int kMaxStages = 4;  // what wait_pending below can wait for
 
-template <int kBN>
+template <int kBM, int kBN>
 inline constexpr int kStageBytes = kOperandBytes<kBM> + kOperandBytes<kBN>;
-static_assert(kStageBytes<128> % 1024 == 0 && kStageBytes<256> % 1024 == 0,
-              "swizzled tiles must stay 1024-byte aligned");
+static_assert(kOperandBytes<128> % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
 
-// [m16 tile][n8 tile][fragment]: a warp's 64 x kBN/4 slab.
-template <int kBN>
-using Accum = float[4][kBN / 32][4];
+// [m16 tile][n8 tile][fragment]: a warp's 64 x kWarpN slab.
+template <int kBM, int kBN>
+using Accum = float[4][WarpGrid<kBM, kBN>::kNT][4];
 
 struct GemmArgs {
   Operand a, b;
@@ -58,14 +59,17 @@ static_assert(kMaxStages - 2 <= 2, "wait_pending covers 0 .. 2 groups in flight"
 
 // The operands' geometry for each grouping and majorness (see scheduler.cuh).
 // kGatherA: the K-major A operand's rows go through an index (X, dO rows).
-template <Grouping G, Major MA, Major MB, bool kGatherA, int kBN>
+template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN>
 struct Mainloop {
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
                 "grouped-M products read A by rows; grouped-K products read both operands "
                 "along the expert's rows");
-  static constexpr int kNT = kBN / 32;  // n8 tiles per warp: 4 or 8
+  using Warps = WarpGrid<kBM, kBN>;
+  static constexpr int kNT = Warps::kNT;  // n8 tiles per warp: 4 or 8
+  static constexpr int kStage = kStageBytes<kBM, kBN>;
 
-  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem, Accum<kBN>& acc) {
+  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem,
+                             Accum<kBM, kBN>& acc) {
     LoaderFor<MA, kGatherA, kBM> la;
     LoaderFor<MB, false, kBN> lb;
     if constexpr (G == Grouping::M) {
@@ -83,8 +87,8 @@ struct Mainloop {
 
     const int stages = g.stages;
     const uint32_t base = arch::smem_addr(smem);
-    auto stage_a = [&](int s) { return base + s * kStageBytes<kBN>; };
-    auto stage_b = [&](int s) { return base + s * kStageBytes<kBN> + kOperandBytes<kBM>; };
+    auto stage_a = [&](int s) { return base + s * kStage; };
+    auto stage_b = [&](int s) { return base + s * kStage + kOperandBytes<kBM>; };
     const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
 
     for (int s = 0; s < stages - 1; ++s) {
@@ -103,7 +107,7 @@ struct Mainloop {
         for (int f = 0; f < 4; ++f) acc[i][j][f] = 0.f;
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
+    const int wm = Warps::m0(warp), wn = Warps::n0(warp);
     int slot = 0;  // kt % stages, without the division
     for (int kt = 0; kt < ktiles; ++kt) {
       wait_pending(stages - 2);
@@ -119,10 +123,10 @@ struct Mainloop {
       const uint32_t sa = stage_a(slot), sb = stage_b(slot);
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
-        // B fragments for the warp's kBN/4 columns, then one A fragment at a
-        // time: 2 kNT + 4 live fragment registers (12 at kBN 128, which keeps
-        // the kernel within 128 registers for 2 CTAs per SM; 20 at 256, next
-        // to 128 accumulators).
+        // B fragments for the warp's kWarpN columns, then one A fragment at
+        // a time: 2 kNT + 4 live fragment registers (12 at 128 x 128, which
+        // keeps the kernel within 128 registers for 2 CTAs per SM; 20 at
+        // 128 x 256 and 256 x 128, next to 128 accumulators).
         uint32_t bf[kNT / 2][4];
 #pragma unroll
         for (int j = 0; j < kNT / 2; ++j) load_b_frag2<MB>(bf[j], sb, wn + j * 16, kk, lane);
@@ -144,19 +148,22 @@ struct Mainloop {
 };
 
 // The accumulator as common/epilogues.cuh sees it. Thread slots: 4 m16
-// tiles x 2 row halves; the 4 warps along N hold different columns of a row
-// (column group = warp % 4, kBN/4 columns each).
-template <int kBN>
+// tiles x 2 row halves; the warps along N (4, or 2 at 256 x 128) hold
+// different columns of a row (column group = warp % kWarpsN, kWarpN columns
+// each).
+template <int kBM, int kBN>
 struct FragView {
-  Accum<kBN>& acc;
-  static constexpr int kNT = kBN / 32;  // n8 tiles per warp
-  static constexpr int kSlots = 8, kColGroups = 4, kThreads = sm80::kThreads;
+  using Warps = WarpGrid<kBM, kBN>;
+  Accum<kBM, kBN>& acc;
+  static constexpr int kNT = Warps::kNT;  // n8 tiles per warp
+  static constexpr int kSlots = 8, kColGroups = Warps::kWarpsN, kThreads = sm80::kThreads;
 
   __device__ int slot_row(int slot) const {
-    return (threadIdx.x >> 7) * kWarpM + (slot >> 1) * 16 + ((threadIdx.x & 31) >> 2) +
-           (slot & 1) * 8;
+    // Warps::m0(warp), spelled in the unsigned arithmetic of threadIdx.
+    return (threadIdx.x >> 5) / Warps::kWarpsN * kWarpM + (slot >> 1) * 16 +
+           ((threadIdx.x & 31) >> 2) + (slot & 1) * 8;
   }
-  __device__ int col_group() const { return (threadIdx.x >> 5) & 3; }
+  __device__ int col_group() const { return (threadIdx.x >> 5) % kColGroups; }
   __device__ int thread() const { return threadIdx.x; }
   __device__ void sync() const { __syncthreads(); }
 
@@ -165,7 +172,7 @@ struct FragView {
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
+    const int wm = Warps::m0(warp), wn = Warps::n0(warp);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -185,7 +192,7 @@ struct FragView {
   template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = (warp >> 2) * kWarpM, wn = (warp & 3) * (kBN / 4);
+    const int wm = Warps::m0(warp), wn = Warps::n0(warp);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -197,24 +204,30 @@ struct FragView {
   }
 };
 
-// kBN: the N tile, 128 or 256. kMinCtas: CTAs per SM the register budget
-// must allow (2 caps a thread at 128 registers; a 256-wide tile holds 128
-// accumulators per thread, so it runs at 1). Chosen per product.
-template <Grouping G, Major MA, Major MB, bool kGatherA, int kBN, EpiloguePolicy Epi,
+// kBM x kBN: the tile, 128 x 128, 128 x 256 or 256 x 128 (grouped-K only:
+// grouped-M tiles are kGroupedMTile rows). kMinCtas: CTAs per SM the
+// register budget must allow (2 caps a thread at 128 registers; the larger
+// tiles hold 128 accumulators per thread, so they run at 1). Chosen per
+// product.
+template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN, EpiloguePolicy Epi,
           int kMinCtas>
 __global__ void __launch_bounds__(kThreads, kMinCtas)
     grouped_gemm_kernel(const GemmArgs args, const typename Epi::Params ep) {
-  static_assert(kBN == 128 || kBN == 256, "warp slabs of 32 or 64 columns");
-  static_assert(kMinCtas == 1 || kBN == 128, "128 accumulators do not fit 128 registers");
+  static_assert((kBM == 128 && (kBN == 128 || kBN == 256)) || (kBM == 256 && kBN == 128),
+                "warp slabs of 64 x 32 or 64 x 64");
+  static_assert(G == Grouping::K || kBM == kGroupedMTile,
+                "grouped-M tiles are counted in kGroupedMTile rows (tile_offsets)");
+  static_assert(kMinCtas == 1 || kBM * kBN == 128 * 128,
+                "128 accumulators do not fit 128 registers");
   extern __shared__ __align__(1024) char smem[];
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
-  char* const epi_smem = smem + args.stages * kStageBytes<kBN>;
+  char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN>;
   for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
     const Tile t = sched.at(id);
-    Accum<kBN> acc;
-    Mainloop<G, MA, MB, kGatherA, kBN>::run(args, t, smem, acc);
-    FragView<kBN> frag{acc};
+    Accum<kBM, kBN> acc;
+    Mainloop<G, MA, MB, kGatherA, kBM, kBN>::run(args, t, smem, acc);
+    FragView<kBM, kBN> frag{acc};
     Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
     __syncthreads();
   }

@@ -8,12 +8,11 @@
 // It is also the 128-byte swizzle of Hopper's TMA/wgmma, so the Hopper
 // engine can share the loaders' gathered-row path.
 //
-// A tile spans S = 128 rows or columns (A: kBM; B: the kernel's kBN, 128 or
-// 256) by kBK = 64 k:
+// A tile spans S = 128 or 256 rows or columns (A: the kernel's kBM; B: its
+// kBN) by kBK = 64 k:
 //   K-major operand  (A: [M][K], B: [N][K]):  one block of S rows x 64 k.
 //   MN-major operand (A: [K][M], B: [K][N]):  S / 64 blocks of 64 k-rows x 64.
-// Either way one stage of one operand is S x 64 x 2 bytes: 16 KiB for A,
-// 16 or 32 KiB for B.
+// Either way one stage of one operand is S x 64 x 2 bytes: 16 or 32 KiB.
 #pragma once
 
 #include <cstdint>
@@ -23,12 +22,33 @@
 
 namespace sonicmoe::gemm::sm80 {
 
-// The N tile (kBN) is a kernel parameter; M and K tiles are fixed.
-inline constexpr int kBM = 128, kBK = 64;
-inline constexpr int kThreads = 256;  // 8 warps: 2 along M x 4 along N
-inline constexpr int kWarpM = 64;     // a warp's N slab is kBN / 4
+// The M and N tiles (kBM, kBN) are kernel parameters; the K tile is fixed.
+inline constexpr int kBK = 64;
+inline constexpr int kThreads = 256;  // 8 warps
+inline constexpr int kWarpM = 64;     // every warp holds 64 rows: 4 m16 tiles
+// The M tile of the grouped-M products: the routing's tile_offsets count
+// their tiles in it (Engine::m_tile), so it is not a per-product choice.
+inline constexpr int kGroupedMTile = 128;
 template <int kSpan>
 inline constexpr int kOperandBytes = kSpan * kBK * 2;  // one operand, one stage
+
+// How the 8 warps split a kBM x kBN tile: kBM / 64 along M, the rest along N.
+//   128 x 128: 2 x 4 warps of 64 x 32      128 x 256: 2 x 4 warps of 64 x 64
+//   256 x 128: 4 x 2 warps of 64 x 64
+// Warp w holds rows m0(w) .. m0(w) + 63 and columns n0(w) .. n0(w) + kWarpN - 1.
+template <int kBM, int kBN>
+struct WarpGrid {
+  static constexpr int kWarpsM = kBM / kWarpM;
+  static constexpr int kWarpsN = kThreads / 32 / kWarpsM;
+  static constexpr int kWarpN = kBN / kWarpsN;
+  static constexpr int kNT = kWarpN / 8;  // n8 tiles per warp
+  static_assert(kBM % kWarpM == 0 && kWarpsM * kWarpsN * 32 == kThreads);
+  static_assert(kWarpN == 32 || kWarpN == 64, "B fragments are loaded in 16-column pairs, and "
+                                              "chunk8 groups are 32 columns wide");
+
+  __device__ static int m0(int warp) { return (warp / kWarpsN) * kWarpM; }
+  __device__ static int n0(int warp) { return (warp % kWarpsN) * kWarpN; }
+};
 
 __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
