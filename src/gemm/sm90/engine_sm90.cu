@@ -9,7 +9,7 @@
 //   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
 //   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue (256 x 128)
 // With SONICMOE_HOPPER_SCHEDULE=pingpong the four grouped-M products run
-// ping-pong 128 x 128 tiles instead (see ping_pong below).
+// ping-pong 128 x 128 tiles instead (MSchedule below).
 #include <algorithm>
 #include <cstdlib>
 #include <string>
@@ -50,93 +50,89 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
 
 const CUtensorMap kNoMap{};
 
-// The grouped-M products' alternative schedule: ping-pong consumers, each
-// warpgroup on its own 128 x 128 tile, 6 stages of 32 KiB. Measured slower
-// than the cooperative 128 x 256 tiles on H200 (docs/NOTES.md) except dH on
-// 7b-n256 (3%), so it is opt-in: SONICMOE_HOPPER_SCHEDULE=pingpong, read
-// once per process (tools/device_tests.sh runs the GPU tests with it).
-constexpr int kPPN = 128, kPPStages = 6;
-bool ping_pong() {
+// How the grouped-M products run: N tile, stages, consumer schedule.
+//   cooperative  both consumer warpgroups on one 128 x 256 tile, 4 stages of
+//                48 KiB (the default)
+//   ping-pong    each warpgroup on its own 128 x 128 tile, 6 stages of 32
+//                KiB. Measured slower on H200 (docs/NOTES.md) except dH on
+//                7b-n256 (3%), so it is opt-in:
+//                SONICMOE_HOPPER_SCHEDULE=pingpong, read once per process
+//                (tools/device_tests.sh runs the GPU tests with it).
+struct MSchedule {
+  int bn, stages;
+  bool ping_pong;
+};
+constexpr MSchedule kCooperative{kWideN, kWideStages, false}, kPingPong{128, 6, true};
+
+bool ping_pong_requested() {
   static const bool on = [] {
     const char* v = std::getenv("SONICMOE_HOPPER_SCHEDULE");
     return v != nullptr && std::string(v) == "pingpong";
   }();
   return on;
 }
+// Calls fn.template operator()<S>() with the process's grouped-M schedule.
+template <class Fn>
+void with_m_schedule(Fn&& fn) {
+  if (ping_pong_requested()) fn.template operator()<kPingPong>();
+  else fn.template operator()<kCooperative>();
+}
+
+// A grouped-M launch with schedule S (the M tile is always kBM).
+template <MSchedule S, Major MA, Src SA, Major MB, class Epi>
+void launch_m(const char* what, const LayerDims& L, const GemmArgs& g, const CUtensorMap& map_a,
+              const CUtensorMap& map_b, const typename Epi::Params& ep, cudaStream_t st) {
+  launch<Grouping::M, MA, SA, MB, Src::Tma, S.bn, S.stages, Epi, kBM, S.ping_pong>(
+      what, g, map_a, map_b, ep, grouped_m_tiles(L, g.schedule, kBM), st);
+}
 
 class HopperEngine final : public Engine {
  public:
   const char* name() const override { return "hopper-sm90a"; }
   int m_tile() const override { return kBM; }
-  int dh_n_tile() const override { return ping_pong() ? kPPN : kWideN; }
+  int dh_n_tile() const override {
+    return ping_pong_requested() ? kPingPong.bn : kCooperative.bn;
+  }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    if (ping_pong()) {
+    with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
-                       grouped_m_schedule(L, r, R, L.d, kPPN)};
-      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kPPN);
+                       grouped_m_schedule(L, r, R, L.d, S.bn)};
+      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, S.bn);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kPPN, kPPStages,
-               UpProjEpilogue<A>, kBM, true>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
-                                             grouped_m_tiles(L, g.schedule, kBM), st);
+        launch_m<S, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
+            "up_proj", L, g, kNoMap, mb, {h, a, w.b1, L.n}, st);
       });
-      return;
-    }
-    const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
-                     grouped_m_schedule(L, r, R, L.d, kWideN)};
-    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, kWideN);
-    act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::K, Src::Tma, kWideN, kWideStages,
-             UpProjEpilogue<A>>("up_proj", g, kNoMap, mb, {h, a, w.b1, L.n},
-                                grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
   void down_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* a,
                  bf16_t* y, cudaStream_t st) override {
     if (L.N == 0) return;
-    if (ping_pong()) {
-      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kPPN)};
+    with_m_schedule([&]<MSchedule S>() {
+      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, S.bn)};
       const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
-      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kPPN);
-      launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kPPN, kPPStages, StoreEpilogue,
-             kBM, true>("down_proj", g, ma, mb, {y, L.d, 0, w.b2},
-                        grouped_m_tiles(L, g.schedule, kBM), st);
-      return;
-    }
-    const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, kWideN)};
-    const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
-    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, kWideN);
-    launch<Grouping::M, Major::K, Src::Tma, Major::K, Src::Tma, kWideN, kWideStages, StoreEpilogue>(
-        "down_proj", g, ma, mb, {y, L.d, 0, w.b2}, grouped_m_tiles(L, g.schedule, kBM), st);
+      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, S.bn);
+      launch_m<S, Major::K, Src::Tma, Major::K, StoreEpilogue>("down_proj", L, g, ma, mb,
+                                                               {y, L.d, 0, w.b2}, st);
+    });
   }
 
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
           const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
           cudaStream_t st) override {
     if (L.N == 0) return;
-    if (ping_pong()) {
+    with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
-                       grouped_m_schedule(L, r, L.n, L.d, kPPN)};
+                       grouped_m_schedule(L, r, L.n, L.d, S.bn)};
       const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kPPN, kPPStages,
-               DHEpilogue<A>, kBM, true>("dh", g, kNoMap, mb,
-                                         {h, scores, r.sorted_pair, dh, ap, ds_part},
-                                         grouped_m_tiles(L, g.schedule, kBM), st);
+        launch_m<S, Major::K, Src::Copy, Major::MN, DHEpilogue<A>>(
+            "dh", L, g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part}, st);
       });
-      return;
-    }
-    const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
-                     grouped_m_schedule(L, r, L.n, L.d, kWideN)};
-    const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
-    act::dispatch(L.act, [&]<Activation A>() {
-      launch<Grouping::M, Major::K, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
-             DHEpilogue<A>>("dh", g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part},
-                            grouped_m_tiles(L, g.schedule, kBM), st);
     });
   }
 
@@ -144,21 +140,13 @@ class HopperEngine final : public Engine {
                 bf16_t* dxt, cudaStream_t st) override {
     if (L.N == 0) return;
     const int64_t R = L.R();
-    if (ping_pong()) {
-      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, kPPN)};
+    with_m_schedule([&]<MSchedule S>() {
+      const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, S.bn)};
       const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
       const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-      launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kPPN, kPPStages, StoreEpilogue,
-             kBM, true>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
-                        grouped_m_tiles(L, g.schedule, kBM), st);
-      return;
-    }
-    const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, kWideN)};
-    const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
-    const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-    launch<Grouping::M, Major::K, Src::Tma, Major::MN, Src::Tma, kWideN, kWideStages,
-           StoreEpilogue>("dx_tilde", g, ma, mb, {dxt, L.d, 0, nullptr},
-                          grouped_m_tiles(L, g.schedule, kBM), st);
+      launch_m<S, Major::K, Src::Tma, Major::MN, StoreEpilogue>("dx_tilde", L, g, ma, mb,
+                                                                {dxt, L.d, 0, nullptr}, st);
+    });
   }
 
   // Grouped-K: the gathered operand comes by cp.async (which also masks the
