@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <string>
 
-#include <cub/block/block_scan.cuh>
-
 #include <sonicmoe/types.hpp>
+
+#include "kernels/block_scan.cuh"
 
 namespace sonicmoe::kernels {
 namespace {
@@ -17,26 +17,15 @@ void check_launch(const char* what) {
                 std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
 }
 
-constexpr int kScanThreads = 1024;
+constexpr int kScanThreads = kBlockScanThreads;
 
+// tiles[e] = M tiles of experts before e (ceil(count / m_tile) each).
 __global__ void __launch_bounds__(kScanThreads)
     tile_offsets_kernel(const int32_t* __restrict__ offsets, int num_experts, int m_tile,
                         int32_t* __restrict__ tiles) {
-  using Scan = cub::BlockScan<int32_t, kScanThreads>;
-  __shared__ typename Scan::TempStorage tmp;
-  int32_t carry = 0;
-  for (int base = 0; base < num_experts; base += kScanThreads) {
-    const int e = base + threadIdx.x;
-    int32_t count = 0;
-    if (e < num_experts) count = max(0, offsets[e + 1] - offsets[e]);
-    const int32_t v = (count + m_tile - 1) / m_tile;
-    int32_t prefix, total;
-    Scan(tmp).ExclusiveSum(v, prefix, total);
-    if (e < num_experts) tiles[e] = carry + prefix;
-    carry += total;
-    __syncthreads();  // tmp is reused by the next chunk
-  }
-  if (threadIdx.x == 0) tiles[num_experts] = carry;
+  block_exclusive_scan(
+      [=](int64_t e) { return (max(0, offsets[e + 1] - offsets[e]) + m_tile - 1) / m_tile; },
+      num_experts, tiles);
 }
 
 constexpr int kMaxRankedExperts = 4096;

@@ -68,6 +68,7 @@
 #include <cuda/functional>
 
 #include "common/workspace.hpp"
+#include "kernels/block_scan.cuh"
 #include "kernels/router_bitonic.cuh"
 #include "kernels/routing_detail.cuh"
 
@@ -265,9 +266,9 @@ constexpr int64_t kExpertsPerTile = 8192;
 // Per-chunk counts in shared memory up to the 48 KiB every device grants.
 constexpr int64_t kSharedCountExperts = 12288;
 constexpr int kChunkScanThreads = kWarp * kWarp;
-constexpr int kScanThreads = 1024;
-constexpr int kScanItems = 4;
-constexpr int64_t kScanTile = kScanThreads * kScanItems;  // tokens per token tile
+constexpr int kScanThreads = ::sonicmoe::kernels::kBlockScanThreads;
+constexpr int kScanItems = ::sonicmoe::kernels::kBlockScanItems;
+constexpr int64_t kScanTile = ::sonicmoe::kernels::kBlockScanTile;  // tokens per token tile
 
 // The pairs as the kernels read them. Top-K ids have no token array: pair i
 // belongs to token i / k. (A flag, not a null test: general routing with
@@ -440,22 +441,7 @@ using ScanBlock = cub::BlockScan<int32_t, kScanThreads>;
 // in place: each tile is read before the scan's barriers and written after.
 __global__ void __launch_bounds__(kScanThreads)
     exclusive_scan_kernel(const int32_t* in, int64_t n, int32_t* out) {
-  __shared__ typename ScanBlock::TempStorage scan;
-  int32_t carry = 0;
-  for (int64_t base = 0; base < n; base += kScanTile) {
-    const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
-    int32_t v[kScanItems];
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) v[i] = first + i < n ? in[first + i] : 0;
-    int32_t tile_total;
-    ScanBlock(scan).ExclusiveSum(v, v, tile_total);
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i)
-      if (first + i < n) out[first + i] = carry + v[i];
-    carry += tile_total;
-    __syncthreads();  // scan storage is reused by the next tile
-  }
-  if (threadIdx.x == 0) out[n] = carry;
+  ::sonicmoe::kernels::block_exclusive_scan([in](int64_t i) { return in[i]; }, n, out);
 }
 
 // Block b scans token tile b of the n = T + 1 counts (the last one 0), on

@@ -49,6 +49,7 @@
 
 #include "common/token_rounding.hpp"
 #include "common/workspace.hpp"
+#include "kernels/block_scan.cuh"
 
 namespace sonicmoe::cuda {
 namespace {
@@ -339,33 +340,14 @@ __global__ void __launch_bounds__(kTokenThreads) token_count_kernel(const Proble
   if (lane == 0) p.token_counts[t] = n;
 }
 
-constexpr int kScanThreads = 1024;
-constexpr int kScanItems = 4;
-constexpr int64_t kScanTile = kScanThreads * kScanItems;
-using ScanBlock = cub::BlockScan<int32_t, kScanThreads>;
+constexpr int kScanThreads = ::sonicmoe::kernels::kBlockScanThreads;
 
 // One block: offsets[i] = sum of counts[0, i) for i <= n; *total = offsets[n].
 __global__ void __launch_bounds__(kScanThreads)
     scan_kernel(const int32_t* counts, int64_t n, int32_t* offsets, int32_t* total) {
-  __shared__ typename ScanBlock::TempStorage scan;
-  int32_t carry = 0;
-  for (int64_t base = 0; base < n; base += kScanTile) {
-    const int64_t first = base + int64_t{threadIdx.x} * kScanItems;
-    int32_t v[kScanItems];
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i) v[i] = first + i < n ? counts[first + i] : 0;
-    int32_t tile_total;
-    ScanBlock(scan).ExclusiveSum(v, v, tile_total);
-#pragma unroll
-    for (int i = 0; i < kScanItems; ++i)
-      if (first + i < n) offsets[first + i] = carry + v[i];
-    carry += tile_total;
-    __syncthreads();  // scan storage is reused by the next tile
-  }
-  if (threadIdx.x == 0) {
-    offsets[n] = carry;
-    *total = carry;
-  }
+  const int32_t sum =
+      ::sonicmoe::kernels::block_exclusive_scan([counts](int64_t i) { return counts[i]; }, n, offsets);
+  if (threadIdx.x == 0) *total = sum;
 }
 
 template <class L>
