@@ -9,9 +9,9 @@
 //   and arrive on full[s] through cp.async.mbarrier.arrive.noinc, which
 //   fires when their copies have landed. full[s] expects 128 arrivals (plus
 //   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
-//   arrive.expect_tx). Grouped-K stages look their gathered rows up once
-//   (64 threads) and share them through shared memory behind named barrier
-//   kProducerBarrier (producer threads only).
+//   arrive.expect_tx). Grouped-K copies take their rows' addresses from
+//   shared memory, published 4 stages at a time one chunk ahead behind
+//   named barrier kProducerBarrier (producer threads only; produce_k).
 // - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs<G>), split the
 //   kTileM-row tile: WG w owns rows w kTileM/2 .. as kSub = kTileM/128 m64
 //   sub-tiles, and all kBN columns. For every
@@ -181,7 +181,7 @@ struct Kernel {
       Epi::template smem_bytes<kTileM>() * (kPingPong ? 2 : 1);  // ping-pong: one per WG
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
-                                    4 * kBK * 4 /* gathered row indices */;
+                                    (G == Grouping::K ? 8192 : 0) /* row addresses: 2 x 2 x 256 x 8 */;
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
   static_assert(MB == Major::K || kBN % 64 == 0);
@@ -191,7 +191,7 @@ struct Kernel {
     char* epi;
     uint64_t* full;
     uint64_t* empty;
-    int* rows;  // [operand][parity][kBK]: gathered rows of a grouped-K stage's k-rows
+    uint64_t* rows;  // grouped-K: [buffer][operand][kChunkRows] published row addresses
   };
 
   __device__ static Smem carve(char* raw) {
@@ -202,7 +202,7 @@ struct Kernel {
     s.epi = base + kStages * kStageBytes;
     s.full = reinterpret_cast<uint64_t*>(s.epi + kEpiBytes);
     s.empty = s.full + kStages;
-    s.rows = reinterpret_cast<int*>(s.empty + kStages);
+    s.rows = s.empty + kStages;
     return s;
   }
 
@@ -226,59 +226,56 @@ struct Kernel {
     }
   }
 
-  // 64 k-rows x kCols columns by cp.async, as kCols / 64 blocks of 64 rows x
-  // 64 columns; chunk c of block b of k-row j is copied by the thread whose
-  // index, plus 128 i, is (j * kBlocks + b) * 8 + c. Gathered rows come from
-  // `rows` (staged in shared memory by stage_rows), others are first_row + j.
-  template <int kCols>
-  __device__ static void copy_mn_major(uint32_t dst, const Operand& op, int expert, const int* rows,
-                                       int64_t first_row, int64_t k_rows, int64_t k0, int64_t col0,
-                                       int64_t col_extent) {
-    constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
-    const int c = threadIdx.x & 7;
-    const bf16_t* base = op.ptr + expert * op.expert_stride;
+  // Issues one stage's TMA boxes (thread 0) after posting their bytes on
+  // full[s]. With cp.async operands as well, the barrier's arrivals come
+  // from the copies, so the bytes are posted without an arrival.
+  __device__ static void issue_tma(const Tile& t, int64_t k0, char* stage, uint64_t* full,
+                                   const CUtensorMap* map_a, const CUtensorMap* map_b) {
+    if constexpr (kAnyCopy)
+      hw::mbar_expect_tx(full, kTmaBytes);
+    else
+      hw::mbar_arrive_expect_tx(full, kTmaBytes);
+    if constexpr (G == Grouping::K) {
+      // Positions k_first + k0 .. as rows of a 2-D map (column, position),
+      // one box per 64 columns.
+      const int row = static_cast<int>(t.k_first + k0);
+      if constexpr (SA == Src::Tma)
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int idx = (threadIdx.x >> 3) + 16 * i, j = idx / kBlocks, b = idx % kBlocks;
-      const int64_t col = col0 + b * 64 + c * 8;
-      const bool ok = k0 + j < k_rows && col < col_extent;
-      const int64_t row = rows ? int64_t{rows[j]} : first_row + k0 + j;
-      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? base + row * op.ld + col : op.ptr,
-                        ok ? 16u : 0u);
+        for (int blk = 0; blk < kTileM / 64; ++blk)
+          hw::tma_load_2d(stage + blk * kMNBlockBytes, map_a, full,
+                          static_cast<int>(t.m0) + blk * 64, row);
+      if constexpr (SB == Src::Tma)
+#pragma unroll
+        for (int blk = 0; blk < kBN / 64; ++blk)
+          hw::tma_load_2d(stage + kABytes + blk * kMNBlockBytes, map_b, full,
+                          static_cast<int>(t.n0) + blk * 64, row);
+    } else {
+      if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
+        hw::tma_load_2d(stage, map_a, full, static_cast<int>(k0), static_cast<int>(t.m0));
+      if constexpr (SB == Src::Tma) {
+        if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
+          hw::tma_load_3d(stage + kABytes, map_b, full, static_cast<int>(k0),
+                          static_cast<int>(t.n0), t.expert);
+        else  // 3-D map (n, k, expert), one box per 64 columns
+#pragma unroll
+          for (int blk = 0; blk < kBN / 64; ++blk)
+            hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, full,
+                            static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0), t.expert);
+      }
     }
   }
 
-  // The gathered rows of a grouped-K stage, looked up once by 64 threads and
-  // shared through shared memory: one gather latency per stage instead of
-  // one per copy. Double-buffered by stage parity; the barrier orders each
-  // buffer's writes before its reads, and a buffer is rewritten only after
-  // every thread has passed the next stage's barrier.
-  __device__ static const int* stage_rows(const Operand& op, int operand, const Smem& sm, int it,
-                                          int64_t first_row, int64_t k_rows, int64_t k0) {
-    if (!op.gather) return nullptr;
-    int* rows = sm.rows + (operand * 2 + (it & 1)) * kBK;
-    if (threadIdx.x < kBK) {
-      const int64_t kr = k0 + threadIdx.x;
-      rows[threadIdx.x] = kr < k_rows ? min(max(__ldg(op.gather + first_row + kr), 0),
-                                            static_cast<int>(op.rows - 1))
-                                      : 0;
-    }
-    hw::named_sync(kProducerBarrier, 128);
-    return rows;
-  }
-
-  __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
-                                 const CUtensorMap* map_b, const Smem& sm) {
+  __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
+                                   const CUtensorMap* map_b, const Smem& sm) {
     const Scheduler<G, kTileM, kBN> sched{g.schedule};
     const int total = sched.total();
-    const bool leader = threadIdx.x == 0;
     int it = 0;
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       // K-major gathered A rows are fixed for the tile: resolve once.
       const bf16_t* a_rows[8];
-      if constexpr (G == Grouping::M && SA == Src::Copy) {
+      if constexpr (SA == Src::Copy) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const int r = (threadIdx.x >> 3) + 16 * i;
@@ -289,63 +286,148 @@ struct Kernel {
         const int s = it % kStages;
         if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
         char* stage = sm.stages + s * kStageBytes;
-        const uint32_t a_dst = arch::smem_addr(stage), b_dst = a_dst + kABytes;
         const int64_t k0 = static_cast<int64_t>(kt) * kBK;
-        if (leader && kTmaBytes > 0) {
-          if constexpr (kAnyCopy)
-            hw::mbar_expect_tx(sm.full + s, kTmaBytes);
-          else
-            hw::mbar_arrive_expect_tx(sm.full + s, kTmaBytes);
-          if constexpr (G == Grouping::K) {
-            // Positions k_first + k0 .. as rows of a 2-D map (column, position),
-            // one box per 64 columns.
-            const int row = static_cast<int>(t.k_first + k0);
-            if constexpr (SA == Src::Tma)
-#pragma unroll
-              for (int blk = 0; blk < kTileM / 64; ++blk)
-                hw::tma_load_2d(stage + blk * kMNBlockBytes, map_a, sm.full + s,
-                                static_cast<int>(t.m0) + blk * 64, row);
-            if constexpr (SB == Src::Tma)
-#pragma unroll
-              for (int blk = 0; blk < kBN / 64; ++blk)
-                hw::tma_load_2d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
-                                static_cast<int>(t.n0) + blk * 64, row);
-          } else {
-            if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
-              hw::tma_load_2d(stage, map_a, sm.full + s, static_cast<int>(k0),
-                              static_cast<int>(t.m0));
-            if constexpr (SB == Src::Tma) {
-              if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
-                hw::tma_load_3d(stage + kABytes, map_b, sm.full + s, static_cast<int>(k0),
-                                static_cast<int>(t.n0), t.expert);
-              else  // 3-D map (n, k, expert), one box per 64 columns
-#pragma unroll
-                for (int blk = 0; blk < kBN / 64; ++blk)
-                  hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, sm.full + s,
-                                  static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0),
-                                  t.expert);
-            }
-          }
-        }
+        if (threadIdx.x == 0 && kTmaBytes > 0) issue_tma(t, k0, stage, sm.full + s, map_a, map_b);
         if constexpr (kAnyCopy) {
-          if constexpr (G == Grouping::M) {
-            copy_k_major(a_dst, a_rows, t.rows, k0, g.schedule.K);
-          } else {
-            if constexpr (SA == Src::Copy) {
-              const int* rows = stage_rows(g.a, 0, sm, it, t.k_first, t.k_len, k0);
-              copy_mn_major<kTileM>(a_dst, g.a, t.expert, rows, t.k_first, t.k_len, k0, t.m0,
-                                 g.schedule.M);
-            }
-            if constexpr (SB == Src::Copy) {
-              const int* rows = stage_rows(g.b, 1, sm, it, t.k_first, t.k_len, k0);
-              copy_mn_major<kBN>(b_dst, g.b, t.expert, rows, t.k_first, t.k_len, k0, t.n0,
-                                 g.schedule.N);
-            }
-          }
+          copy_k_major(arch::smem_addr(stage), a_rows, t.rows, k0, g.schedule.K);
           hw::cp_async_mbar_arrive(sm.full + s);
         }
       }
     }
+  }
+
+  // ---- grouped-K producer: row addresses published a chunk ahead --------
+  // Every 16-byte copy of a grouped-K stage needs its k-row's address: a
+  // gathered row (dO or X by token) or a position, null past the expert's
+  // edge (the copy then zero-fills). Looking the gathered rows up per stage
+  // put one L2 round trip and a barrier in every stage, a third of the
+  // producer's time, and the producer bounds dW1/dW2 (docs/NOTES.md). So
+  // the addresses are published kChunkStages stages at a time into one of
+  // two shared buffers, and each chunk's indices are loaded (2 per thread)
+  // when the chunk before it starts: their latency hides behind that
+  // chunk's copies. The next tile's first chunk is loaded during the
+  // current tile's last one. One named barrier per chunk orders a buffer's
+  // writes (end of chunk c - 1) before its reads (chunk c) and those reads
+  // before its next writes (end of chunk c + 1).
+  static constexpr int kChunkStages = 4, kChunkRows = kChunkStages * kBK;
+  static_assert(kChunkRows == 2 * 128, "two k-rows per producer thread");
+  static_assert(2 * 2 * kChunkRows * 8 == 8192, "the row-address buffers of kSmemBytes");
+
+  struct Chunk {  // a chunk of k-rows whose indices are loaded, not yet published
+    Tile tile;
+    int64_t k0;
+    int index[2][2];  // [operand][i]: k-row k0 + threadIdx.x + 128 i
+  };
+
+  __device__ static void load_chunk(const GemmArgs& g, Chunk& c) {
+#pragma unroll
+    for (int o = 0; o < 2; ++o) {
+      if ((o == 0 ? SA : SB) != Src::Copy) continue;
+      const Operand& op = o == 0 ? g.a : g.b;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int64_t kr = c.k0 + threadIdx.x + 128 * i;
+        c.index[o][i] = op.gather && kr < c.tile.k_len ? __ldg(op.gather + c.tile.k_first + kr) : 0;
+      }
+    }
+  }
+
+  // buffer: shared address of [operand][kChunkRows] row addresses.
+  __device__ static void publish_chunk(const GemmArgs& g, const Chunk& c, uint32_t buffer) {
+#pragma unroll
+    for (int o = 0; o < 2; ++o) {
+      if ((o == 0 ? SA : SB) != Src::Copy) continue;
+      const Operand& op = o == 0 ? g.a : g.b;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int r = threadIdx.x + 128 * i;
+        const int64_t kr = c.k0 + r;
+        const bf16_t* row = nullptr;
+        if (kr < c.tile.k_len) {
+          const int64_t stored =
+              op.gather ? min(max(c.index[o][i], 0), static_cast<int>(op.rows - 1))
+                        : c.tile.k_first + kr;
+          row = op.ptr + c.tile.expert * op.expert_stride + stored * op.ld;
+        }
+        hw::sts_u64(buffer + (o * kChunkRows + r) * 8, reinterpret_cast<uint64_t>(row));
+      }
+    }
+  }
+
+  // 64 k-rows x kCols columns by cp.async, as kCols / 64 blocks of 64 rows x
+  // 64 columns; chunk c of block b of k-row j is copied by the thread whose
+  // index, plus 128 i, is (j * kBlocks + b) * 8 + c. `rows` is the shared
+  // address of the stage's 64 published row addresses.
+  template <int kCols>
+  __device__ static void copy_mn_major(uint32_t dst, uint32_t rows, const bf16_t* any,
+                                       int64_t col0, int64_t col_extent) {
+    constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
+    const int c = threadIdx.x & 7;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = (threadIdx.x >> 3) + 16 * i, j = idx / kBlocks, b = idx % kBlocks;
+      const int64_t col = col0 + b * 64 + c * 8;
+      const auto* row = reinterpret_cast<const bf16_t*>(hw::lds_u64(rows + j * 8));
+      const bool ok = row != nullptr && col < col_extent;
+      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row + col : any, ok ? 16u : 0u);
+    }
+  }
+
+  __device__ static void produce_k(const GemmArgs& g, const CUtensorMap* map_a,
+                                   const CUtensorMap* map_b, const Smem& sm) {
+    const Scheduler<G, kTileM, kBN> sched{g.schedule};
+    const int total = sched.total();
+    int k = 0, id = tile_of(0);
+    if (id >= total) return;
+    const uint32_t buffers = arch::smem_addr(sm.rows);
+    constexpr uint32_t kBufferBytes = 2 * kChunkRows * 8;
+    Chunk next{sched.at(id), 0, {}};
+    load_chunk(g, next);
+    publish_chunk(g, next, buffers);
+    hw::named_sync(kProducerBarrier, 128);
+    int it = 0, chunk = 0;  // stages and chunks produced so far
+    for (;;) {
+      const Tile t = next.tile;
+      const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
+      const int chunks = max(1, (ktiles + kChunkStages - 1) / kChunkStages);
+      const int next_id = tile_of(k + 1);
+      for (int ci = 0; ci < chunks; ++ci, ++chunk) {
+        // Load the chunk after this one: this tile's next, or the next tile's first.
+        const bool more = ci + 1 < chunks || next_id < total;
+        if (ci + 1 < chunks) next.k0 = static_cast<int64_t>(ci + 1) * kChunkRows;
+        else if (next_id < total) next = Chunk{sched.at(next_id), 0, {}};
+        if (more) load_chunk(g, next);
+        const uint32_t published = buffers + (chunk & 1) * kBufferBytes;
+        const int last = min(ktiles, (ci + 1) * kChunkStages);
+        for (int kt = ci * kChunkStages; kt < last; ++kt, ++it) {
+          const int s = it % kStages;
+          if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
+          char* stage = sm.stages + s * kStageBytes;
+          const int64_t k0 = static_cast<int64_t>(kt) * kBK;
+          if (threadIdx.x == 0 && kTmaBytes > 0)
+            issue_tma(t, k0, stage, sm.full + s, map_a, map_b);
+          const uint32_t rows = published + (kt % kChunkStages) * kBK * 8;
+          const uint32_t a_dst = arch::smem_addr(stage);
+          if constexpr (SA == Src::Copy)
+            copy_mn_major<kTileM>(a_dst, rows, g.a.ptr, t.m0, g.schedule.M);
+          if constexpr (SB == Src::Copy)
+            copy_mn_major<kBN>(a_dst + kABytes, rows + kChunkRows * 8, g.b.ptr, t.n0,
+                               g.schedule.N);
+          hw::cp_async_mbar_arrive(sm.full + s);
+        }
+        if (more) publish_chunk(g, next, buffers + ((chunk + 1) & 1) * kBufferBytes);
+        hw::named_sync(kProducerBarrier, 128);
+      }
+      if (next_id >= total) return;
+      id = next_id;
+      ++k;
+    }
+  }
+
+  __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
+                                 const CUtensorMap* map_b, const Smem& sm) {
+    if constexpr (G == Grouping::M) produce_m(g, map_a, map_b, sm);
+    else produce_k(g, map_a, map_b, sm);
   }
 
   // ----------------------------------------------------------- consumers --
