@@ -17,6 +17,25 @@ def number(text):
         return 0.0
 
 
+def roles(data, names, addr, src, samples):
+    """Samples per warp role of a warp-specialized kernel: code after the
+    producer's `setmaxnreg.dec` (USETMAXREG.DEALLOC) up to the next unpredicated
+    EXIT is
+    the producer's, the rest the consumers' (the spin loops' out-of-line
+    retry branches land with whichever role's EXIT precedes them)."""
+    start = next((i for i, r in enumerate(data) if "USETMAXREG.DEALLOC" in r[src]), None)
+    if start is None:
+        return
+    end = next((i for i in range(start, len(data))
+                if "EXIT" in data[i][src] and "@" not in data[i][src]), len(data))
+    stalls = [i for i, n in enumerate(names) if n.startswith("stall_") and "Not Issued" not in n]
+    for name, rows in (("producer", data[start:end + 1]), ("consumers", data[:start] + data[end + 1:])):
+        total = sum(number(r[samples]) for r in rows)
+        by = sorted(((sum(number(r[i]) for r in rows), names[i][6:]) for i in stalls), reverse=True)
+        print(f"{name:9s} {total:8.0f} samples: " +
+              ", ".join(f"{n} {v / total:.0%}" for v, n in by[:6] if total))
+
+
 def main():
     rows = list(csv.reader(open(sys.argv[1], errors="replace")))
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -28,6 +47,7 @@ def main():
     long_sb = next((i for i, n in enumerate(names) if n == "stall_long_sb"), None)
     total = sum(number(r[samples]) for r in data)
     print(f"{total:.0f} samples over {len(data)} instructions")
+    roles(data, names, addr, src, samples)
     for r in sorted(data, key=lambda r: -number(r[samples]))[:top]:
         share = number(r[samples]) / total if total else 0.0
         lsb = f"long_sb {number(r[long_sb]):7.0f}" if long_sb is not None else ""
