@@ -9,10 +9,14 @@
 //   F::kColGroups        thread groups holding different columns of one row;
 //                        f.col_group() this thread's (row reductions combine
 //                        groups in this fixed order)
-//   f.for_each_chunk8(fn) fn(slot, row, col, v[8]) with 8 consecutive columns
-//                        from col (a multiple of 8): the same values as
-//                        for_each_pair, regrouped across the 4 lanes of a quad
-//                        (quad_transpose) so that stores are 16 bytes wide
+//   f.for_each_chunk8(fn) fn(k, slot, row, col, v[8]) with 8 consecutive
+//                        columns from col (a multiple of 8): the same values
+//                        as for_each_pair, regrouped across the 4 lanes of a
+//                        quad (quad_transpose) so that stores are 16 bytes
+//                        wide. k, the chunk's index (0 .. F::kChunks - 1), is
+//                        a std::integral_constant; f.chunk_row<k>() and
+//                        f.chunk_col<k>() say where chunk k lies without
+//                        touching the accumulator (loads ahead of it)
 //   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
 //                        over exactly them
 // Rows past the tile's valid rows and columns past N are never written.
@@ -22,6 +26,8 @@
 
 #include <concepts>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "arch/sm80.cuh"
 #include "common/activation.hpp"
@@ -29,6 +35,17 @@
 #include "gemm/common/scheduler.cuh"
 
 namespace sonicmoe::gemm {
+
+// fn(std::integral_constant<int, i>) for i = 0 .. N-1: the index is a
+// constant expression in fn, so register arrays indexed by it stay registers.
+template <class Fn, int... Is>
+__device__ __forceinline__ void static_for_impl(Fn& fn, std::integer_sequence<int, Is...>) {
+  (fn(std::integral_constant<int, Is>{}), ...);
+}
+template <int N, class Fn>
+__device__ __forceinline__ void static_for(Fn&& fn) {
+  static_for_impl(fn, std::make_integer_sequence<int, N>{});
+}
 
 // The accumulator fragments of mma.sync m16n8 and wgmma m64nN share one
 // layout: lane q of a quad holds columns 8j + 2q, 8j + 2q + 1 of its row for
@@ -79,7 +96,7 @@ __device__ __forceinline__ void add_bias8(float (&v)[8], const bf16_t* bias) {
 template <class E>
 concept EpiloguePolicy = requires {
   typename E::Params;
-  { E::template smem_bytes<128>() } -> std::convertible_to<int>;
+  { E::template smem_bytes<128, 256>() } -> std::convertible_to<int>;
 };
 
 // out[row][col] = acc (+ bias[col]) as bf16. Grouping::M: row = position
@@ -91,7 +108,7 @@ struct StoreEpilogue {
     int64_t expert_stride;  // Grouping::K: M * N; Grouping::M: 0
     const bf16_t* bias;     // [E][N] or null
   };
-  template <int kBM>
+  template <int kBM, int kThreads>
   static constexpr int smem_bytes() {
     return 0;
   }
@@ -100,7 +117,7 @@ struct StoreEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     bf16_t* out = p.out + t.expert * p.expert_stride;
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
-    f.for_each_chunk8([&](int, int r, int c, float(&v)[8]) {
+    f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
       if (bias) add_bias8(v, bias + col);
@@ -120,7 +137,7 @@ struct UpProjEpilogue {
     const bf16_t* bias;  // [E][R] or null
     int64_t n;           // intermediate size
   };
-  template <int kBM>
+  template <int kBM, int kThreads>
   static constexpr int smem_bytes() {
     return 0;
   }
@@ -129,7 +146,7 @@ struct UpProjEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
-    f.for_each_chunk8([&](int, int r, int c, float(&v)[8]) {
+    f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= R) return;  // R is a multiple of 8: whole chunks
       if (bias) add_bias8(v, bias + col);
@@ -167,9 +184,20 @@ struct DHEpilogue {
     float* ds_part;              // [N][n_tiles]
   };
   static constexpr int kMaxColGroups = 4;
+  // H is loaded kAhead chunks before its use, by cp.async into a ring of
+  // kRing slots per thread: loaded into registers, the loads ahead made the
+  // epilogue spill. A slot is refilled one chunk after it was read (the
+  // ring has one slot more than the distance), so no copy can overtake the
+  // read of what it overwrites.
+  static constexpr int kAhead = 2, kRing = kAhead + 1;
+  static constexpr int kVecs = is_gated(Act) ? 2 : 1;  // 16-byte H vectors per chunk
   template <int kBM>
-  static constexpr int smem_bytes() {
+  static constexpr int ring_offset() {
     return kBM * (kMaxColGroups + 1) * static_cast<int>(sizeof(float));
+  }
+  template <int kBM, int kThreads>
+  static constexpr int smem_bytes() {
+    return ring_offset<kBM>() + kRing * kVecs * kThreads * 16;
   }
 
   template <int kBM, int kBN, class F>
@@ -188,8 +216,37 @@ struct DHEpilogue {
     }
     f.sync();
 
+    // Each chunk's H is copied kAhead chunks before it is used. Loaded where
+    // it is used, every chunk waited for its own H: the compiler may not move
+    // a load above the previous chunk's dH and A' stores (they might alias).
+    static_assert(ring_offset<kBM>() % 16 == 0);
+    const uint32_t ring = arch::smem_addr(smem + ring_offset<kBM>()) + f.thread() * 16;
+    auto slot_addr = [&](int k, int v) {
+      return ring + ((k % kRing) * kVecs + v) * F::kThreads * 16;  // conflict-free: by thread
+    };
+    auto load_h = [&](auto k) {  // one cp.async group per chunk, empty past the last
+      constexpr int kk = decltype(k)::value;
+      if constexpr (kk < F::kChunks) {
+        const int r = f.template chunk_row<kk>();
+        const int64_t col = t.n0 + f.template chunk_col<kk>();
+        const bool ok = r < t.rows && col < n;
+        const bf16_t* hp = p.h + (t.m0 + (ok ? r : 0)) * R + kCols * (ok ? col : 0);
+#pragma unroll
+        for (int v = 0; v < kVecs; ++v)
+          arch::cp_async_16(slot_addr(kk, v), hp + 8 * v, ok ? 16u : 0u);
+      }
+      arch::cp_async_commit();
+    };
+    static_for<kAhead>(load_h);
+
     float ds[F::kSlots] = {};
-    f.for_each_chunk8([&](int slot, int r, int c, float(&d)[8]) {
+    f.for_each_chunk8([&](auto k, int slot, int r, int c, float(&d)[8]) {
+      constexpr int kk = decltype(k)::value;
+      arch::cp_async_wait<kAhead - 1>();  // chunk kk's group has landed
+      uint4 hv[kVecs];
+#pragma unroll
+      for (int v = 0; v < kVecs; ++v) hv[v] = arch::lds_128(slot_addr(kk, v));
+      load_h(std::integral_constant<int, kk + kAhead>{});
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= n) return;  // n is a multiple of 8: whole chunks
       const int64_t row = t.m0 + r;
@@ -197,9 +254,8 @@ struct DHEpilogue {
       float ap[8];
       if constexpr (is_gated(Act)) {
         // H columns 2 col .. 2 col + 15: (g_j, u_j) for the 8 A columns.
-        const uint4* hp = reinterpret_cast<const uint4*>(p.h + row * R + 2 * col);
-        const uint4 h0 = hp[0], h1 = hp[1];
-        const uint32_t hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+        const uint32_t hw[8] = {hv[0].x, hv[0].y, hv[0].z, hv[0].w,
+                                hv[kVecs - 1].x, hv[kVecs - 1].y, hv[kVecs - 1].z, hv[kVecs - 1].w};
         uint32_t dw[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
@@ -215,8 +271,7 @@ struct DHEpilogue {
         dp[0] = uint4{dw[0], dw[1], dw[2], dw[3]};
         dp[1] = uint4{dw[4], dw[5], dw[6], dw[7]};
       } else {
-        const uint4 hv = *reinterpret_cast<const uint4*>(p.h + row * R + col);
-        const uint32_t hw[4] = {hv.x, hv.y, hv.z, hv.w};
+        const uint32_t hw[4] = {hv[0].x, hv[0].y, hv[0].z, hv[0].w};
         float dh[8];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -232,6 +287,7 @@ struct DHEpilogue {
       }
       *reinterpret_cast<uint4*>(p.ap + row * n + col) = pack8(ap);
     });
+    arch::cp_async_wait<0>();  // the empty groups past the last chunk
 
     // The 4 lanes of a quad share a row: reduce them, then the column groups.
     const int lane = threadIdx.x & 31;

@@ -168,25 +168,30 @@ struct FragView {
   __device__ void sync() const { __syncthreads(); }
 
   // The warp's n8 tiles in groups of 4 (32 columns): in group g, lane q gets
-  // columns wn + 32 g + 8 q ...
+  // columns wn + 32 g + 8 q .. Chunk k: m16 tile i, row half h, group g,
+  // with k = (i * 2 + h) * kNT / 4 + g.
+  static constexpr int kGroups = kNT / 4, kChunks = 4 * 2 * kGroups;
+  template <int k>
+  __device__ int chunk_row() const {
+    return slot_row(k / kGroups);
+  }
+  template <int k>
+  __device__ int chunk_col() const {
+    return Warps::n0(threadIdx.x >> 5) + 32 * (k % kGroups) + 8 * (threadIdx.x & 3);
+  }
+
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int wm = Warps::m0(warp), wn = Warps::n0(warp);
+    static_for<kChunks>([&](auto k) {
+      constexpr int i = k / (2 * kGroups), h = (k / kGroups) & 1, g = k % kGroups;
+      float2 p[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int g = 0; g < kNT / 4; ++g) {
-          float2 p[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
-          float v[8];
-          quad_transpose(p, v);
-          fn(i * 2 + h, wm + i * 16 + (lane >> 2) + h * 8, wn + 32 * g + 8 * (lane & 3), v);
-        }
+      for (int j = 0; j < 4; ++j)
+        p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
+      float v[8];
+      quad_transpose(p, v);
+      fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), v);
+    });
   }
 
   template <class Fn>

@@ -2,7 +2,7 @@
 // loads into 128-byte swizzled stages, wgmma from shared memory.
 //
 // Pipeline contract (one CTA, 384 threads = 3 warpgroups):
-// - WG0, the producer (setmaxnreg down to kProducerRegs<G>). For every stage:
+// - WG0, the producer (setmaxnreg down to kProducerRegs). For every stage:
 //   wait empty[s]; thread 0 posts the stage's TMA bytes on full[s]
 //   (expect_tx) and issues the TMA copies (weights; contiguous rows); all
 //   128 threads issue the cp.async copies of gathered or expert-bounded rows
@@ -12,7 +12,7 @@
 //   arrive.expect_tx). Grouped-K copies take their rows' addresses from
 //   shared memory, published 4 stages at a time one chunk ahead behind
 //   named barrier kProducerBarrier (producer threads only; produce_k).
-// - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs<G>), split the
+// - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs), split the
 //   kTileM-row tile: WG w owns rows w kTileM/2 .. as kSub = kTileM/128 m64
 //   sub-tiles, and all kBN columns. For every
 //   stage: wait full[s] (parity = round & 1), fence.proxy.async (cp.async
@@ -61,15 +61,19 @@ inline constexpr int kEpilogueBarrier = 1, kProducerBarrier = 2;
 // arrive, 128 wait).
 __device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
 __device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
-// Registers per thread of each role (setmaxnreg). Grouped-K producers copy
-// both operands with staged indices and need more; grouped-M consumers run
-// the heavier epilogues (dH) and need more.
-template <Grouping G>
-inline constexpr int kProducerRegs = G == Grouping::K ? 96 : 72;
-template <Grouping G>
-inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : 216;
-static_assert(kProducerRegs<Grouping::K> * 128 + kConsumerRegs<Grouping::K> * 256 <= 65536);
-static_assert(kProducerRegs<Grouping::M> * 128 + kConsumerRegs<Grouping::M> * 256 <= 65536);
+// Registers per thread of each role (setmaxnreg): ptxas's cap for each
+// role's code. Grouped-K producers publish row addresses and copy with them
+// (96); grouped-M consumers run the heavy epilogues (dH with GeGLU is the
+// largest: 224, 232 in ping-pong, whose producer then fits 40).
+template <Grouping G, bool kPingPong>
+inline constexpr int kProducerRegs = G == Grouping::K ? 96 : kPingPong ? 40 : 56;
+template <Grouping G, bool kPingPong>
+inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : kPingPong ? 232 : 224;
+template <Grouping G, bool kPingPong>
+inline constexpr bool kRegsFit =
+    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= 65536;
+static_assert(kRegsFit<Grouping::K, false> && kRegsFit<Grouping::M, false> &&
+              kRegsFit<Grouping::M, true>);
 
 // How an operand's stage arrives in shared memory.
 enum class Src {
@@ -113,23 +117,30 @@ struct FragView {
     hw::named_sync(kOwnTile ? epilogue_barrier(wg()) : kEpilogueBarrier, kThreads);
   }
 
+  // Chunk k: m64 sub-tile i, 32-column group g, row half h, with
+  // k = (i * kBN / 32 + g) * 2 + h; lane q of a quad gets columns 32 g + 8 q ..
+  static constexpr int kChunks = kSub * kBN / 16;
+  template <int k>
+  __device__ int chunk_row() const {
+    return row0(k / (kBN / 16)) + (k & 1) * 8;
+  }
+  template <int k>
+  __device__ int chunk_col() const {
+    return 32 * ((k >> 1) % (kBN / 32)) + 8 * (threadIdx.x & 3);
+  }
+
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
-    const int lane = threadIdx.x & 31;
+    static_for<kChunks>([&](auto k) {
+      constexpr int i = k / (kBN / 16), g = (k >> 1) % (kBN / 32), h = k & 1;
+      float2 p[4];
 #pragma unroll
-    for (int i = 0; i < kSub; ++i)
-#pragma unroll
-      for (int g = 0; g < kBN / 32; ++g)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float2 p[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            p[j] = float2{acc[i][4 * (4 * g + j) + 2 * h], acc[i][4 * (4 * g + j) + 2 * h + 1]};
-          float v[8];
-          quad_transpose(p, v);
-          fn(2 * i + h, row0(i) + h * 8, 32 * g + 8 * (lane & 3), v);
-        }
+      for (int j = 0; j < 4; ++j)
+        p[j] = float2{acc[i][4 * (4 * g + j) + 2 * h], acc[i][4 * (4 * g + j) + 2 * h + 1]};
+      float v[8];
+      quad_transpose(p, v);
+      fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), v);
+    });
   }
 
   template <class Fn>
@@ -168,7 +179,8 @@ struct Kernel {
   using EpiParams = typename Epi::Params;
   static constexpr int kNumStages = kStages;
   static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
-  static constexpr int kProducerRegsN = kProducerRegs<G>, kConsumerRegsN = kConsumerRegs<G>;
+  static constexpr int kProducerRegsN = kProducerRegs<G, kPingPong>,
+                       kConsumerRegsN = kConsumerRegs<G, kPingPong>;
 
   static constexpr int kABytes =
       MA == Major::K ? kKMajorBytes<kTileM> : (kTileM / 64) * kMNBlockBytes;
@@ -178,7 +190,7 @@ struct Kernel {
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
   static constexpr int kEpiBytes =
-      Epi::template smem_bytes<kTileM>() * (kPingPong ? 2 : 1);  // ping-pong: one per WG
+      Epi::template smem_bytes<kTileM, kPingPong ? 128 : 256>() * (kPingPong ? 2 : 1);  // ping-pong: one per WG
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
                                     (G == Grouping::K ? 8192 : 0) /* row addresses: 2 x 2 x 256 x 8 */;
@@ -363,13 +375,21 @@ struct Kernel {
                                        int64_t col0, int64_t col_extent) {
     constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
     const int c = threadIdx.x & 7;
+    // All addresses first: the loads are volatile (ordered with the
+    // barriers), so each copy would otherwise wait for its own.
+    const bf16_t* row[kPerThread];
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int idx = (threadIdx.x >> 3) + 16 * i;
+      row[i] = reinterpret_cast<const bf16_t*>(hw::lds_u64(rows + idx / kBlocks * 8));
+    }
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int idx = (threadIdx.x >> 3) + 16 * i, j = idx / kBlocks, b = idx % kBlocks;
       const int64_t col = col0 + b * 64 + c * 8;
-      const auto* row = reinterpret_cast<const bf16_t*>(hw::lds_u64(rows + j * 8));
-      const bool ok = row != nullptr && col < col_extent;
-      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row + col : any, ok ? 16u : 0u);
+      const bool ok = row[i] != nullptr && col < col_extent;
+      arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row[i] + col : any,
+                        ok ? 16u : 0u);
     }
   }
 
