@@ -35,9 +35,9 @@ void expect_close(const char* name, const std::vector<double>& gpu, const std::v
 }
 
 // Compares everything the layer produces; returns the GPU result.
-LibResult check_case(const Case& c, bool use_topk = true) {
-  const std::string what = describe(c.spec);
-  const LibResult gpu = run_library(c, kGpu, true, use_topk);
+LibResult check_case(const Case& c, bool use_topk = true, Device device = kGpu) {
+  const std::string what = describe(c.spec) + " on cuda:" + std::to_string(device.index);
+  const LibResult gpu = run_library(c, device, true, use_topk);
   const LibResult cpu = run_library(c, Device{}, true, use_topk);
   const NaiveForward fwd = naive_forward(c.layer);
   const NaiveGrads g = naive_backward(c.layer, c.dout);
@@ -269,6 +269,20 @@ TEST(GpuLayer, BitwiseDeterministic) {
   EXPECT_TRUE(same_bits(a.db1, b.db1));
   EXPECT_TRUE(same_bits(a.db2, b.db2));
   EXPECT_TRUE(same_bits(a.dscores, b.dscores));
+}
+
+// Launch settings (shared-memory limits, pipeline depth) are per device: a
+// process that runs the layer on every GPU it sees must get correct results
+// on each, whichever device it used first.
+TEST(GpuLayer, EveryDeviceOfTheProcess) {
+  SKIP_WITHOUT_GPU();
+  const int devices = cuda_device_count();
+  if (devices < 2) GTEST_SKIP() << "one CUDA device: nothing to switch between";
+  CaseSpec s;
+  s.T = 300, s.d = 256, s.n = 128, s.E = 8, s.K = 2, s.bias = true;
+  const Case c = make_case(s);
+  for (int round = 0; round < 2; ++round)  // the second round reuses each device's settings
+    for (int d = devices - 1; d >= 0; --d) check_case(c, true, Device{DeviceType::CUDA, d});
 }
 
 }  // namespace

@@ -49,6 +49,7 @@
 
 #include "common/token_rounding.hpp"
 #include "common/workspace.hpp"
+#include "cuda/per_device.hpp"
 #include "kernels/block_scan.cuh"
 
 namespace sonicmoe::cuda {
@@ -427,9 +428,11 @@ void round_typed(const RoundRoutingArgs& a, cudaStream_t stream) {
   check_launch("row_stats_kernel");
   if (T <= kMaxCachedTokens) {
     const auto keys = static_cast<int>(sizeof(uint32_t) * T);
-    static const cudaError_t attr = cudaFuncSetAttribute(
-        select_kernel<L, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-        static_cast<int>(sizeof(uint32_t)) * kMaxCachedTokens);
+    const cudaError_t attr = cuda::per_device<cudaError_t>([](int) {
+      return cudaFuncSetAttribute(select_kernel<L, true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  static_cast<int>(sizeof(uint32_t)) * kMaxCachedTokens);
+    });
     if (attr != cudaSuccess)
       throw Error(Status::CudaError, std::string("sonicmoe: select_kernel shared memory: ") +
                                          cudaGetErrorString(attr));

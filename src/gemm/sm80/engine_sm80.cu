@@ -13,6 +13,7 @@
 #include <string>
 
 #include "common/activation.hpp"
+#include "cuda/per_device.hpp"
 #include "gemm/common/launch.cuh"
 #include "gemm/engine.hpp"
 #include "gemm/sm80/kernel.cuh"
@@ -84,15 +85,14 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
   constexpr int epi_bytes = Epi::template smem_bytes<C.bm, sm80::kThreads>();
   static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,
                 "shared memory budget of one CTA (H100)");
-  // Per instantiation, once per process (the first call pays for it): the
+  // Per instantiation, once per device (the first call pays for it): the
   // stages the device's shared memory per block holds, the dynamic
   // shared-memory limit, and the occupancy.
   struct Config {
     int stages, smem, blocks_per_sm;
   };
-  static const Config cfg = [&] {
-    int dev = 0, optin = 0;
-    cudaGetDevice(&dev);
+  const Config& cfg = cuda::per_device<Config>([&](int dev) {
+    int optin = 0;
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     Config c{C.stages, 0, 0};
     while (c.stages > 2 && c.stages * stage_bytes + epi_bytes > optin) --c.stages;
@@ -101,7 +101,7 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, kernel, kThreads, c.smem);
     c.blocks_per_sm = std::max(c.blocks_per_sm, 1);
     return c;
-  }();
+  });
   if (tile_bound <= 0) return;
   args.stages = cfg.stages;
   const int64_t grid = std::min<int64_t>(tile_bound, int64_t{sm_count()} * cfg.blocks_per_sm);

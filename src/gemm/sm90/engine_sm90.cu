@@ -15,6 +15,7 @@
 #include <string>
 
 #include "common/activation.hpp"
+#include "cuda/per_device.hpp"
 #include "gemm/common/launch.cuh"
 #include "gemm/engine.hpp"
 #include "gemm/sm90/kernel.cuh"
@@ -37,11 +38,15 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             cudaStream_t stream) {
   using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM, kPingPong>;
   auto kernel = grouped_gemm_kernel<K>;
-  static const bool configured = [&] {
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
+  // Function attributes are per device: set once on each.
+  cuda::per_device<bool>([&](int) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
+    if (e != cudaSuccess)
+      throw Error(Status::CudaError, std::string("sonicmoe: ") + what +
+                                         " shared memory: " + cudaGetErrorString(e));
     return true;
-  }();
-  (void)configured;
+  });
   if (tile_bound <= 0) return;
   const int64_t grid = std::min<int64_t>(tile_bound, sm_count());
   kernel<<<static_cast<unsigned>(grid), kThreads, K::kSmemBytes, stream>>>(args, map_a, map_b, ep);
