@@ -108,9 +108,12 @@ class MNMajorLoader {
     for (int i = 0; i < kPasses; ++i) {
       const int j = threadIdx.x / kChunks + kRowStep * i;
       const bool ok = col_ok_ && static_cast<int>(k0) + j < k_rows_;
+      // Clamped here, not when fetched: a use right after the load would
+      // wait for it there (the stage of MMAs in between is the point).
+      const int row = gather_ ? min(max(rows_[i], 0), max_row_) : rows_[i];
       // With a source size of 0 nothing is read: base_ only has to be an address.
       arch::cp_async_16(mn_addr(smem, j, c * 8),
-                        ok ? base_ + rows_[i] * static_cast<int64_t>(ld_) : base_, ok ? 16u : 0u);
+                        ok ? base_ + row * static_cast<int64_t>(ld_) : base_, ok ? 16u : 0u);
     }
     fetch_rows(static_cast<int>(k0) + kBK);
   }
@@ -120,8 +123,8 @@ class MNMajorLoader {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int kr = k0 + threadIdx.x / kChunks + kRowStep * i;
-      rows_[i] = kr;
-      if (gather_ && kr < k_rows_) rows_[i] = min(max(__ldg(gather_ + kr), 0), max_row_);
+      rows_[i] = kr;  // raw indices: load() clamps them
+      if (gather_ && kr < k_rows_) rows_[i] = __ldg(gather_ + kr);
     }
   }
 
