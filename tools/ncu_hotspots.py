@@ -29,7 +29,8 @@ def roles(data, names, addr, src, samples):
     end = next((i for i in range(start, len(data))
                 if "EXIT" in data[i][src] and "@" not in data[i][src]), len(data))
     stalls = [i for i, n in enumerate(names) if n.startswith("stall_") and "Not Issued" not in n]
-    for name, rows in (("producer", data[start:end + 1]), ("consumers", data[:start] + data[end + 1:])):
+    producer, consumers = data[start:end + 1], data[:start] + data[end + 1:]
+    for name, rows in (("producer", producer), ("consumers", consumers)):
         total = sum(number(r[samples]) for r in rows)
         by = sorted(((sum(number(r[i]) for r in rows), names[i][6:]) for i in stalls), reverse=True)
         print(f"{name:9s} {total:8.0f} samples: " +

@@ -23,7 +23,8 @@ inline int current_device() {
   int dev = 0;
   const cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess)
-    throw Error(Status::CudaError, std::string("sonicmoe: cudaGetDevice: ") + cudaGetErrorString(e));
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: cudaGetDevice: ") + cudaGetErrorString(e));
   if (dev < 0 || dev >= kMaxDevices)
     throw Error(Status::CudaError, "sonicmoe: device ordinal " + std::to_string(dev) +
                                        " is beyond the " + std::to_string(kMaxDevices) +

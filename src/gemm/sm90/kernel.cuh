@@ -190,10 +190,12 @@ struct Kernel {
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
   static constexpr int kEpiBytes =
-      Epi::template smem_bytes<kTileM, kPingPong ? 128 : 256>() * (kPingPong ? 2 : 1);  // ping-pong: one per WG
+      // ping-pong: one per warpgroup (128 threads each)
+      Epi::template smem_bytes<kTileM, kPingPong ? 128 : 256>() * (kPingPong ? 2 : 1);
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
-                                    (G == Grouping::K ? 8192 : 0) /* row addresses: 2 x 2 x 256 x 8 */;
+                                    // grouped-K row addresses: 2 x 2 x 256 x 8
+                                    (G == Grouping::K ? 8192 : 0);
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of one CTA");
   static_assert(MB == Major::K || kBN % 64 == 0);
