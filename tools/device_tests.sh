@@ -12,6 +12,11 @@ for engine in portable hopper; do
   echo "== engine $engine: rc=$?"
   grep -E "^\[  FAILED  \]|^\[  PASSED  \]|tests ran" "$out/tests-$engine.log" | sort -u | head -40
 done
+# The Hopper engine without 2-CTA clusters (the opt-out).
+SONICMOE_ENGINE=hopper SONICMOE_HOPPER_CLUSTER=1 timeout 300 $bin \
+  --gtest_filter="$filter" > "$out/tests-hopper-solo.log" 2>&1
+echo "== engine hopper, no clusters: rc=$?"
+grep -E "^\[  FAILED  \]|^\[  PASSED  \]|tests ran" "$out/tests-hopper-solo.log" | sort -u | head -40
 # The Hopper engine's opt-in ping-pong schedule (grouped-M products).
 SONICMOE_ENGINE=hopper SONICMOE_HOPPER_SCHEDULE=pingpong timeout 300 $bin \
   --gtest_filter="$filter" > "$out/tests-hopper-pingpong.log" 2>&1

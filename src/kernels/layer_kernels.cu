@@ -19,13 +19,17 @@ void check_launch(const char* what) {
 
 constexpr int kScanThreads = kBlockScanThreads;
 
-// tiles[e] = M tiles of experts before e (ceil(count / m_tile) each).
+// tiles[e] = M tiles of experts before e (ceil(count / m_tile) each), and
+// tiles[E + 1 + e] the same in pairs of tiles (ceil(count / 2 m_tile)).
 __global__ void __launch_bounds__(kScanThreads)
     tile_offsets_kernel(const int32_t* __restrict__ offsets, int num_experts, int m_tile,
                         int32_t* __restrict__ tiles) {
-  block_exclusive_scan(
-      [=](int64_t e) { return (max(0, offsets[e + 1] - offsets[e]) + m_tile - 1) / m_tile; },
-      num_experts, tiles);
+  for (int unit = 1; unit <= 2; ++unit, tiles += num_experts + 1) {
+    const int rows = unit * m_tile;
+    block_exclusive_scan(
+        [=](int64_t e) { return (max(0, offsets[e + 1] - offsets[e]) + rows - 1) / rows; },
+        num_experts, tiles);
+  }
 }
 
 constexpr int kMaxRankedExperts = 4096;

@@ -13,7 +13,10 @@ namespace sonicmoe::kernels {
 
 using bf16_t = __nv_bfloat16;
 
-// tile_offsets[e] = sum_{e' < e} ceil(count_e' / m_tile), from expert_offsets.
+// tile_offsets[e] = sum_{e' < e} ceil(count_e' / m_tile), from expert_offsets,
+// and tile_offsets[E + 1 + e] = sum_{e' < e} ceil(count_e' / (2 m_tile)), for
+// the products that schedule M tiles in pairs (2-CTA clusters): 2 (E + 1)
+// ints in all.
 void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile,
                   int32_t* tile_offsets, cudaStream_t stream);
 

@@ -67,6 +67,10 @@ inline int64_t grouped_m_tiles(const LayerDims& L, const Schedule& s, int tile_m
 inline int64_t grouped_k_tiles(const LayerDims& L, const Schedule& s) {
   return L.E * s.m_tiles * s.n_tiles;
 }
+// Grouped-K tiles scheduled pair_m x pair_n at a time (2-CTA clusters).
+inline int64_t grouped_k_units(const LayerDims& L, const Schedule& s, int pair_m, int pair_n) {
+  return L.E * ceil_div(s.m_tiles, pair_m) * ceil_div(s.n_tiles, pair_n);
+}
 
 inline Operand rows_of(const bf16_t* p, int64_t ld, int64_t rows, const int32_t* gather = nullptr) {
   return Operand{p, ld, 0, gather, rows};

@@ -45,44 +45,80 @@ struct Schedule {
 // right on even waves and right to left on odd ones. With tiles in
 // descending cost (expert_order), every CTA then takes one tile of each cost
 // band, heavy and light alternating, instead of the heavy end of every wave.
+// With clusters of kCluster CTAs the walk is over clusters: both CTAs of a
+// pair get the same id, and the scheduler gives each its half (Pair).
+template <int kCluster = 1>
 __device__ __forceinline__ int tile_of(int k) {
-  const int g = gridDim.x, b = blockIdx.x;
+  const int g = gridDim.x / kCluster, b = blockIdx.x / kCluster;
   return k * g + ((k & 1) ? g - 1 - b : b);
 }
 
-template <Grouping G, int kBM, int kBN>
+// Which tile index the two CTAs of a 2-CTA cluster differ in (they share
+// the other operand, which one TMA multicast brings to both):
+//   M: one scheduled tile is 2 kBM rows, rank r taking rows r kBM .. of it;
+//      Grouping::M counts them with the second half of tile_offsets.
+//   N: one scheduled tile is 2 kBN columns (Grouping::K only).
+// A half that falls past its expert's rows (M) or the extents is a tile
+// with rows = 0 (or columns past N): it loads zeros, stores nothing, and
+// keeps its CTA in step with the other, whose barriers it shares. (Skipping
+// it instead would not do for solo CTAs either: each skipped id moves a CTA
+// a wave ahead of the rest, and the waves' shared rows and weights then
+// fall out of L2: docs/NOTES.md.)
+enum class Pair { None, M, N };
+
+template <Grouping G, int kBM, int kBN, Pair P = Pair::None>
 struct Scheduler {
   const Schedule& s;
+  int rank = 0;  // the CTA's rank in its cluster (P != None)
+
+  static constexpr int kPairM = P == Pair::M ? 2 : 1, kPairN = P == Pair::N ? 2 : 1;
+  static_assert(G == Grouping::K || P != Pair::N, "grouped-M pairs split M");
+
+  // Grouping::M: the prefix of scheduled M units (tiles, or pairs of tiles).
+  __device__ const int32_t* m_units() const {
+    return s.tile_offsets + (P == Pair::M ? s.num_experts + 1 : 0);
+  }
+
+  __device__ int units_m() const { return (s.m_tiles + kPairM - 1) / kPairM; }
+  __device__ int units_n() const { return (s.n_tiles + kPairN - 1) / kPairN; }
 
   __device__ int total() const {
-    if constexpr (G == Grouping::M) return __ldg(s.tile_offsets + s.num_experts) * s.n_tiles;
-    else return s.num_experts * s.m_tiles * s.n_tiles;
+    if constexpr (G == Grouping::M) return __ldg(m_units() + s.num_experts) * units_n();
+    else return s.num_experts * units_m() * units_n();
   }
 
   __device__ Tile at(int id) const {
     Tile t;
-    const int nt = id % s.n_tiles, mt = id / s.n_tiles;
+    const int un = units_n();
+    const int nt = (id % un) * kPairN + (kPairN > 1 ? rank : 0), mt = id / un;
     t.n0 = static_cast<int64_t>(nt) * kBN;
     if constexpr (G == Grouping::M) {
-      // Largest e with tile_offsets[e] <= mt (empty experts have equal offsets).
+      // Largest e with units[e] <= mt (empty experts have equal offsets).
+      const int32_t* units = m_units();
       int lo = 0, hi = s.num_experts - 1;
       while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
-        if (__ldg(s.tile_offsets + mid) <= mt) lo = mid;
+        if (__ldg(units + mid) <= mt) lo = mid;
         else hi = mid - 1;
       }
       t.expert = lo;
       // Clamped so that corrupt metadata cannot move a tile out of bounds.
       const int64_t begin = max(0, __ldg(s.expert_offsets + lo));
       const int64_t end = min(s.positions, static_cast<int64_t>(__ldg(s.expert_offsets + lo + 1)));
-      t.m0 = begin + static_cast<int64_t>(mt - __ldg(s.tile_offsets + lo)) * kBM;
+      t.m0 = begin + static_cast<int64_t>(mt - __ldg(units + lo)) * kBM * kPairM +
+             (kPairM > 1 ? rank * kBM : 0);
       t.rows = static_cast<int>(min(static_cast<int64_t>(kBM), end - t.m0));
+      if (t.rows <= 0) {  // the empty half of a pair: keep m0 on a real row
+        t.rows = 0;
+        t.m0 = begin;
+      }
       t.k_first = 0;
       t.k_len = s.K;
     } else {
-      t.expert = s.expert_order ? __ldg(s.expert_order + mt / s.m_tiles) : mt / s.m_tiles;
-      t.m0 = static_cast<int64_t>(mt % s.m_tiles) * kBM;
-      t.rows = static_cast<int>(min(static_cast<int64_t>(kBM), s.M - t.m0));
+      const int um = units_m();
+      t.expert = s.expert_order ? __ldg(s.expert_order + mt / um) : mt / um;
+      t.m0 = static_cast<int64_t>((mt % um) * kPairM + (kPairM > 1 ? rank : 0)) * kBM;
+      t.rows = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(kBM), s.M - t.m0)));
       t.k_first = max(0, __ldg(s.expert_offsets + t.expert));
       t.k_len = min(s.positions, static_cast<int64_t>(__ldg(s.expert_offsets + t.expert + 1))) -
                 t.k_first;

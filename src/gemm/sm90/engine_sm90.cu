@@ -31,64 +31,107 @@ using namespace sm90;
 // tiles caps the layer well below the tensor cores (docs/NOTES.md).
 constexpr int kWideN = 256, kWideStages = 4;
 
+// tile_bound: an upper bound of the scheduled tiles (pairs of tiles with
+// 2-CTA clusters). The grid is persistent: as many CTAs (clusters) as can
+// be resident at once, so that no wave waits for another.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM, bool kPingPong = false>
+          int kTileM = kBM, bool kPingPong = false, int kCluster = 1>
 void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
             const CUtensorMap& map_b, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
-  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM, kPingPong>;
+  using K = Kernel<G, MA, SA, MB, SB, kBN, kStages, Epi, kTileM, kPingPong, kCluster>;
   auto kernel = grouped_gemm_kernel<K>;
-  // Function attributes are per device: set once on each.
-  cuda::per_device<bool>([&](int) {
-    const cudaError_t e =
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = kCluster;
+  cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = K::kSmemBytes;
+  cfg.stream = stream;
+  cfg.attrs = &cluster;
+  cfg.numAttrs = 1;
+  // Function attributes and residency are per device: found once on each.
+  // A GPC's SMs hold whole clusters only, so fewer than sm_count / 2 pairs
+  // may be resident; a grid past that would run a second, partial wave.
+  const int resident = cuda::per_device<int>([&](int) {
+    cudaError_t e =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes);
-    if (e != cudaSuccess)
+    int clusters = sm_count() / kCluster;
+    if (e == cudaSuccess && kCluster > 1) {
+      cfg.gridDim = dim3(kCluster * clusters);
+      e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg);
+    }
+    if (e != cudaSuccess || clusters < 1)
       throw Error(Status::CudaError, std::string("sonicmoe: ") + what +
-                                         " shared memory: " + cudaGetErrorString(e));
-    return true;
+                                         " launch settings: " + cudaGetErrorString(e));
+    return clusters;
   });
   if (tile_bound <= 0) return;
-  const int64_t grid = std::min<int64_t>(tile_bound, sm_count());
-  kernel<<<static_cast<unsigned>(grid), kThreads, K::kSmemBytes, stream>>>(args, map_a, map_b, ep);
+  cfg.gridDim = dim3(static_cast<unsigned>(kCluster * std::min<int64_t>(tile_bound, resident)));
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, ep);
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError,
+                std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
   check_launch(what);
 }
 
 const CUtensorMap kNoMap{};
 
-// How the grouped-M products run: N tile, stages, consumer schedule.
+// How the grouped-M products run: N tile, stages, consumer schedule, CTAs
+// per cluster.
 //   cooperative  both consumer warpgroups on one 128 x 256 tile, 4 stages of
-//                48 KiB (the default)
+//                48 KiB, CTAs in pairs that share the expert's weight tile
+//                by TMA multicast (the default)
+//   solo         the same without the pairs: SONICMOE_HOPPER_CLUSTER=1
 //   ping-pong    each warpgroup on its own 128 x 128 tile, 6 stages of 32
 //                KiB. Measured slower on H200 (docs/NOTES.md) except dH on
 //                7b-n256 (3%), so it is opt-in:
-//                SONICMOE_HOPPER_SCHEDULE=pingpong, read once per process
-//                (tools/device_tests.sh runs the GPU tests with it).
+//                SONICMOE_HOPPER_SCHEDULE=pingpong
+// Both variables are read once per process (tools/device_tests.sh runs the
+// GPU tests with each).
 struct MSchedule {
   int bn, stages;
   bool ping_pong;
+  int cluster;
 };
-constexpr MSchedule kCooperative{kWideN, kWideStages, false}, kPingPong{128, 6, true};
+constexpr MSchedule kCooperative{kWideN, kWideStages, false, 2},
+    kSolo{kWideN, kWideStages, false, 1}, kPingPong{128, 6, true, 1};
 
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::string(v) == value;
+}
 bool ping_pong_requested() {
-  static const bool on = [] {
-    const char* v = std::getenv("SONICMOE_HOPPER_SCHEDULE");
-    return v != nullptr && std::string(v) == "pingpong";
-  }();
+  static const bool on = env_is("SONICMOE_HOPPER_SCHEDULE", "pingpong");
   return on;
+}
+// CTAs per cluster of every product (1 or 2).
+int cluster_size() {
+  static const int n = env_is("SONICMOE_HOPPER_CLUSTER", "1") ? 1 : 2;
+  return n;
 }
 // Calls fn.template operator()<S>() with the process's grouped-M schedule.
 template <class Fn>
 void with_m_schedule(Fn&& fn) {
   if (ping_pong_requested()) fn.template operator()<kPingPong>();
+  else if (cluster_size() == 1) fn.template operator()<kSolo>();
   else fn.template operator()<kCooperative>();
 }
+// Calls fn.template operator()<C>() with the process's cluster size.
+template <class Fn>
+void with_cluster(Fn&& fn) {
+  if (cluster_size() == 1) fn.template operator()<1>();
+  else fn.template operator()<2>();
+}
 
-// A grouped-M launch with schedule S (the M tile is always kBM).
-template <MSchedule S, Major MA, Src SA, Major MB, class Epi>
+// A grouped-M launch with schedule S on kCluster-CTA clusters (tiles of kBM
+// rows, scheduled kCluster at a time).
+template <MSchedule S, int kCluster, Major MA, Src SA, Major MB, class Epi>
 void launch_m(const char* what, const LayerDims& L, const GemmArgs& g, const CUtensorMap& map_a,
               const CUtensorMap& map_b, const typename Epi::Params& ep, cudaStream_t st) {
-  launch<Grouping::M, MA, SA, MB, Src::Tma, S.bn, S.stages, Epi, kBM, S.ping_pong>(
-      what, g, map_a, map_b, ep, grouped_m_tiles(L, g.schedule, kBM), st);
+  launch<Grouping::M, MA, SA, MB, Src::Tma, S.bn, S.stages, Epi, kBM, S.ping_pong, kCluster>(
+      what, g, map_a, map_b, ep, grouped_m_tiles(L, g.schedule, kBM * kCluster), st);
 }
 
 class HopperEngine final : public Engine {
@@ -106,9 +149,9 @@ class HopperEngine final : public Engine {
     with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
                        grouped_m_schedule(L, r, R, L.d, S.bn)};
-      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, S.bn);
+      const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, S.bn / S.cluster);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch_m<S, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
+        launch_m<S, S.cluster, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
             "up_proj", L, g, kNoMap, mb, {h, a, w.b1, L.n}, st);
       });
     });
@@ -121,7 +164,7 @@ class HopperEngine final : public Engine {
       const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, S.bn)};
       const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
       const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, S.bn);
-      launch_m<S, Major::K, Src::Tma, Major::K, StoreEpilogue>("down_proj", L, g, ma, mb,
+      launch_m<S, 1, Major::K, Src::Tma, Major::K, StoreEpilogue>("down_proj", L, g, ma, mb,
                                                                {y, L.d, 0, w.b2}, st);
     });
   }
@@ -135,7 +178,7 @@ class HopperEngine final : public Engine {
                        grouped_m_schedule(L, r, L.n, L.d, S.bn)};
       const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch_m<S, Major::K, Src::Copy, Major::MN, DHEpilogue<A>>(
+        launch_m<S, S.cluster, Major::K, Src::Copy, Major::MN, DHEpilogue<A>>(
             "dh", L, g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part}, st);
       });
     });
@@ -149,7 +192,7 @@ class HopperEngine final : public Engine {
       const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, S.bn)};
       const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
       const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-      launch_m<S, Major::K, Src::Tma, Major::MN, StoreEpilogue>("dx_tilde", L, g, ma, mb,
+      launch_m<S, 1, Major::K, Src::Tma, Major::MN, StoreEpilogue>("dx_tilde", L, g, ma, mb,
                                                                 {dxt, L.d, 0, nullptr}, st);
     });
   }
@@ -162,9 +205,12 @@ class HopperEngine final : public Engine {
     const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
                      grouped_k_schedule(L, r, L.d, L.n, kBM, kWideN)};
     const CUtensorMap mb = L.N > 0 ? tma_rows_2d(ap, L.N, L.n, 64) : kNoMap;
-    launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
-           StoreEpilogue>("dw2", g, kNoMap, mb, {dw2, L.n, L.d * L.n, nullptr},
-                          grouped_k_tiles(L, g.schedule), st);
+    // Pairs split M (d) and share A' by multicast.
+    with_cluster([&]<int C>() {
+      launch<Grouping::K, Major::MN, Src::Copy, Major::MN, Src::Tma, kWideN, kWideStages,
+             StoreEpilogue, kBM, false, C>("dw2", g, kNoMap, mb, {dw2, L.n, L.d * L.n, nullptr},
+                                           grouped_k_units(L, g.schedule, C, 1), st);
+    });
   }
 
   void dw1(const LayerDims& L, const RoutingPtrs& r, const bf16_t* dh, const bf16_t* x, bf16_t* dw1,
@@ -176,9 +222,12 @@ class HopperEngine final : public Engine {
     const GemmArgs g{Operand{}, rows_of(x, L.d, L.T, r.sorted_token),
                      grouped_k_schedule(L, r, R, L.d, kTallM, kTallN)};
     const CUtensorMap ma = L.N > 0 ? tma_rows_2d(dh, L.N, R, 64) : kNoMap;
-    launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kTallN, kWideStages,
-           StoreEpilogue, kTallM>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
-                                  grouped_k_tiles(L, g.schedule), st);
+    // Pairs split N (d) and share dH by multicast.
+    with_cluster([&]<int C>() {
+      launch<Grouping::K, Major::MN, Src::Tma, Major::MN, Src::Copy, kTallN, kWideStages,
+             StoreEpilogue, kTallM, false, C>("dw1", g, ma, kNoMap, {dw1, L.d, R * L.d, nullptr},
+                                              grouped_k_units(L, g.schedule, 1, C), st);
+    });
   }
 };
 

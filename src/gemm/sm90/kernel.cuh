@@ -160,11 +160,11 @@ struct FragView {
 // kTileM: rows of a tile, 128 or 256; each consumer warpgroup owns
 // kTileM / 2 rows as kSub m64 sub-tiles.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
-          int kTileM = kBM, bool kPingPong = false>
+          int kTileM = kBM, bool kPingPong = false, int kCluster = 1>
 struct Kernel {
   // m64 sub-tiles per consumer warpgroup: half the tile's rows, or all.
   static constexpr int kSub = kPingPong ? kTileM / 64 : kTileM / 128;
-  static constexpr int kConsumersPerStage = kPingPong ? 1 : 2;
+  static constexpr int kConsumersPerStage = kPingPong ? 1 : 2;  // per CTA
   static_assert(kTileM == 128 || kTileM == 256);
   static_assert(G == Grouping::K || kTileM == 128, "gathered K-major rows: one per producer thread");
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
@@ -179,6 +179,22 @@ struct Kernel {
   using EpiParams = typename Epi::Params;
   static constexpr int kNumStages = kStages;
   static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
+  // 2-CTA clusters: the two CTAs share one TMA operand, each loading half of
+  // its boxes and multicasting them to both. Grouped-M pairs share B (the
+  // expert's weights) and split M; grouped-K pairs share their TMA operand
+  // and split the other's side.
+  static constexpr int kClusterSize = kCluster;
+  static_assert(kCluster == 1 || kCluster == 2);
+  static_assert(kCluster == 1 || !kPingPong, "ping-pong runs without clusters");
+  static constexpr bool kMcastA = kCluster == 2 && G == Grouping::K && SA == Src::Tma;
+  static constexpr bool kMcastB = kCluster == 2 && !kMcastA && SB == Src::Tma;
+  static_assert(kCluster == 1 || kMcastA || kMcastB);
+  static constexpr Pair kPair = kMcastA ? Pair::N : kMcastB ? Pair::M : Pair::None;
+  using Sched = Scheduler<G, kTileM, kBN, kPair>;
+  __device__ static Sched scheduler(const Schedule& s) {
+    if constexpr (kCluster > 1) return Sched{s, static_cast<int>(hw::cluster_rank())};
+    else return Sched{s};
+  }
   static constexpr int kProducerRegsN = kProducerRegs<G, kPingPong>,
                        kConsumerRegsN = kConsumerRegs<G, kPingPong>;
 
@@ -242,7 +258,32 @@ struct Kernel {
 
   // Issues one stage's TMA boxes (thread 0) after posting their bytes on
   // full[s]. With cp.async operands as well, the barrier's arrivals come
-  // from the copies, so the bytes are posted without an arrival.
+  // from the copies, so the bytes are posted without an arrival. A shared
+  // (multicast) operand's boxes are split between the pair: this CTA issues
+  // its half to both, the other CTA's half arrives from it; either way the
+  // bytes complete on this CTA's full[s], so the posted count is the whole
+  // stage's.
+  template <bool kMcast>
+  __device__ static void box_2d(char* dst, const CUtensorMap* map, uint64_t* full, int c0, int c1) {
+    if constexpr (kMcast) hw::tma_load_2d_mc(dst, map, full, c0, c1, 0b11);
+    else hw::tma_load_2d(dst, map, full, c0, c1);
+  }
+  template <bool kMcast>
+  __device__ static void box_3d(char* dst, const CUtensorMap* map, uint64_t* full, int c0, int c1,
+                                int c2) {
+    if constexpr (kMcast) hw::tma_load_3d_mc(dst, map, full, c0, c1, c2, 0b11);
+    else hw::tma_load_3d(dst, map, full, c0, c1, c2);
+  }
+  // The 64-column blocks [first, end) of an MN-major operand of kBlocks
+  // blocks that this CTA issues: all, or its rank's half when multicast.
+  template <int kBlocks, bool kMcast>
+  __device__ static int2 my_blocks() {
+    if constexpr (!kMcast) return int2{0, kBlocks};
+    static_assert(kBlocks % 2 == 0);
+    const int r = static_cast<int>(hw::cluster_rank());
+    return int2{r * kBlocks / 2, (r + 1) * kBlocks / 2};
+  }
+
   __device__ static void issue_tma(const Tile& t, int64_t k0, char* stage, uint64_t* full,
                                    const CUtensorMap* map_a, const CUtensorMap* map_b) {
     if constexpr (kAnyCopy)
@@ -253,38 +294,44 @@ struct Kernel {
       // Positions k_first + k0 .. as rows of a 2-D map (column, position),
       // one box per 64 columns.
       const int row = static_cast<int>(t.k_first + k0);
-      if constexpr (SA == Src::Tma)
-#pragma unroll
-        for (int blk = 0; blk < kTileM / 64; ++blk)
-          hw::tma_load_2d(stage + blk * kMNBlockBytes, map_a, full,
+      if constexpr (SA == Src::Tma) {
+        const int2 bl = my_blocks<kTileM / 64, kMcastA>();
+        for (int blk = bl.x; blk < bl.y; ++blk)
+          box_2d<kMcastA>(stage + blk * kMNBlockBytes, map_a, full,
                           static_cast<int>(t.m0) + blk * 64, row);
-      if constexpr (SB == Src::Tma)
-#pragma unroll
-        for (int blk = 0; blk < kBN / 64; ++blk)
-          hw::tma_load_2d(stage + kABytes + blk * kMNBlockBytes, map_b, full,
+      }
+      if constexpr (SB == Src::Tma) {
+        const int2 bl = my_blocks<kBN / 64, kMcastB>();
+        for (int blk = bl.x; blk < bl.y; ++blk)
+          box_2d<kMcastB>(stage + kABytes + blk * kMNBlockBytes, map_b, full,
                           static_cast<int>(t.n0) + blk * 64, row);
+      }
     } else {
       if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
         hw::tma_load_2d(stage, map_a, full, static_cast<int>(k0), static_cast<int>(t.m0));
       if constexpr (SB == Src::Tma) {
-        if constexpr (MB == Major::K)  // 3-D map (k, n, expert)
-          hw::tma_load_3d(stage + kABytes, map_b, full, static_cast<int>(k0),
-                          static_cast<int>(t.n0), t.expert);
-        else  // 3-D map (n, k, expert), one box per 64 columns
-#pragma unroll
-          for (int blk = 0; blk < kBN / 64; ++blk)
-            hw::tma_load_3d(stage + kABytes + blk * kMNBlockBytes, map_b, full,
+        if constexpr (MB == Major::K) {  // 3-D map (k, n, expert); multicast: half-height boxes
+          const int half = kMcastB ? static_cast<int>(hw::cluster_rank()) : 0;
+          constexpr int kBoxRows = kMcastB ? kBN / 2 : kBN;
+          box_3d<kMcastB>(stage + kABytes + half * kBoxRows * 128, map_b, full,
+                          static_cast<int>(k0), static_cast<int>(t.n0) + half * kBoxRows,
+                          t.expert);
+        } else {  // 3-D map (n, k, expert), one box per 64 columns
+          const int2 bl = my_blocks<kBN / 64, kMcastB>();
+          for (int blk = bl.x; blk < bl.y; ++blk)
+            box_3d<kMcastB>(stage + kABytes + blk * kMNBlockBytes, map_b, full,
                             static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0), t.expert);
+        }
       }
     }
   }
 
   __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
                                    const CUtensorMap* map_b, const Smem& sm) {
-    const Scheduler<G, kTileM, kBN> sched{g.schedule};
+    const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
     int it = 0;
-    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
+    for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       // K-major gathered A rows are fixed for the tile: resolve once.
@@ -397,9 +444,9 @@ struct Kernel {
 
   __device__ static void produce_k(const GemmArgs& g, const CUtensorMap* map_a,
                                    const CUtensorMap* map_b, const Smem& sm) {
-    const Scheduler<G, kTileM, kBN> sched{g.schedule};
+    const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
-    int k = 0, id = tile_of(0);
+    int k = 0, id = tile_of<kCluster>(0);
     if (id >= total) return;
     const uint32_t buffers = arch::smem_addr(sm.rows);
     constexpr uint32_t kBufferBytes = 2 * kChunkRows * 8;
@@ -412,7 +459,7 @@ struct Kernel {
       const Tile t = next.tile;
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       const int chunks = max(1, (ktiles + kChunkStages - 1) / kChunkStages);
-      const int next_id = tile_of(k + 1);
+      const int next_id = tile_of<kCluster>(k + 1);
       for (int ci = 0; ci < chunks; ++ci, ++chunk) {
         // Load the chunk after this one: this tile's next, or the next tile's first.
         const bool more = ci + 1 < chunks || next_id < total;
@@ -476,15 +523,27 @@ struct Kernel {
       for (int j = 0; j < kBN / 2; ++j) hw::fence_operand(acc[i][j]);
   }
 
+  // A consumed stage is free once every CTA that writes into it is done
+  // with it: with multicast, the other CTA's copies land here too, so both
+  // CTAs' consumers arrive on both CTAs' empty barriers.
+  __device__ static void release(uint64_t* empty) {
+    if constexpr (kCluster == 1) {
+      hw::mbar_arrive(empty);
+    } else {
+      hw::mbar_arrive(empty);
+      hw::mbar_arrive_cluster(empty, hw::cluster_rank() ^ 1u);
+    }
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
-    const Scheduler<G, kTileM, kBN> sched{g.schedule};
+    const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
     const int wg = (threadIdx.x - 128) >> 7;
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kSub][kBN / 2];
     int it = 0;
-    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
+    for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
@@ -514,13 +573,13 @@ struct Kernel {
         // One group may stay in flight: the previous stage is free once it
         // has retired.
         hw::wgmma_wait<1>();
-        if (kt > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
+        if (kt > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
       }
       hw::wgmma_wait<0>();
-      if (ktiles > 0 && wg_leader) hw::mbar_arrive(sm.empty + (it - 1) % kStages);
+      if (ktiles > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
-      if (kPingPong && tile_of(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
+      if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
       FragView<kBN, kSub, kPingPong> frag{acc};
       char* epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
       Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
@@ -539,13 +598,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < K::kNumStages; ++s) {
       hw::mbar_init(sm.full + s, K::kAnyCopy ? 128 : 1);
-      hw::mbar_init(sm.empty + s, K::kConsumersPerStage);
+      hw::mbar_init(sm.empty + s, K::kConsumersPerStage * K::kClusterSize);
     }
     hw::fence_barrier_init();
     if (K::kTmaA) hw::prefetch_tensormap(&map_a);
     if (K::kTmaB) hw::prefetch_tensormap(&map_b);
   }
-  __syncthreads();
+  // The other CTA of a cluster multicasts into this one's stages and
+  // arrives on its barriers: all must be initialised first.
+  if constexpr (K::kClusterSize > 1) hw::cluster_sync();
+  else __syncthreads();
   // One role per warpgroup, one branch each: setmaxnreg needs both.
   if (threadIdx.x < 128) {
     hw::setmaxnreg_dec<K::kProducerRegsN>();
@@ -554,6 +616,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     hw::setmaxnreg_inc<K::kConsumerRegsN>();
     K::consume(args, ep, sm);
   }
+  // ... and none may exit while the other may still arrive on its barriers.
+  if constexpr (K::kClusterSize > 1) hw::cluster_sync();
 }
 
 }  // namespace sonicmoe::gemm::sm90
