@@ -114,12 +114,15 @@ __device__ __forceinline__ uint32_t cluster_rank() {
 }
 // Arrives on the barrier at `bar`'s offset in the shared memory of cluster
 // CTA `rank`. Default semantics (release at CTA scope): a cluster-scope
-// release puts a memory barrier (ERRBAR) before every arrive, which cost a
-// third of the multicast kernels' time (docs/NOTES.md); the consumers that
-// arrive here read shared memory only through wgmma, already retired.
+// release puts a memory barrier (ERRBAR) before every arrive, waiting for
+// the epilogue's stores, which made the products 30-45% slower
+// (docs/NOTES.md); the consumers that arrive here read shared memory only
+// through wgmma, already retired.
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
   uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_u32(bar)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+               : "=r"(remote)
+               : "r"(smem_u32(bar)), "r"(rank));
   asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
 // Every thread of every CTA of the cluster: a barrier whose arrive releases

@@ -25,6 +25,16 @@
 //   stages while the consumers run the epilogue.
 // - Epilogue (common/epilogues.cuh through FragView): the 256 consumer
 //   threads synchronise on named barrier kEpilogueBarrier only.
+// - 2-CTA clusters (kCluster = 2): both CTAs of a pair walk the same
+//   scheduled ids (tile_of over clusters) and take the two halves of a
+//   double tile (Pair), so their stage sequences match one for one. The
+//   shared TMA operand's boxes are split between them, each multicast to
+//   both; full[s] still expects the whole stage's bytes. A stage is
+//   rewritten only when the consumers of both CTAs are done with it:
+//   empty[s] expects 2 x 2 arrivals, each consumer warpgroup arriving on its
+//   own CTA's and (mapa) on the other's. A cluster barrier after the
+//   barriers' initialisation and another before exit keep either CTA from
+//   touching the other's barriers before they exist or after it left.
 // - Ping-pong (kPingPong): each consumer warpgroup owns whole tiles instead,
 //   the CTA's even tiles for WG1 and odd ones for WG2. The producer still
 //   fills stages in tile order, so a tile's stages are consumed by one
