@@ -17,6 +17,8 @@
 //                        a std::integral_constant; f.chunk_row<k>() and
 //                        f.chunk_col<k>() say where chunk k lies without
 //                        touching the accumulator (loads ahead of it)
+//   f.for_each_chunk8_bf16(fn) the same chunks already rounded to bf16:
+//                        fn(k, slot, row, col, uint4), for plain stores
 //   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
 //                        over exactly them
 // Rows past the tile's valid rows and columns past N are never written.
@@ -49,32 +51,52 @@ __device__ __forceinline__ void static_for(Fn&& fn) {
 
 // The accumulator fragments of mma.sync m16n8 and wgmma m64nN share one
 // layout: lane q of a quad holds columns 8j + 2q, 8j + 2q + 1 of its row for
-// every 8-column group j. Given the pairs p[j] of 4 consecutive groups
-// j0 .. j0+3, leaves lane q with the 8 consecutive columns of group j0 + q.
-// Round r exchanges with lane q ^ r, which sends its pair of group q; all
-// register choices are selects on the lane, so nothing is indexed at run time.
-__device__ __forceinline__ float2 pick(const float2 (&v)[4], int i) {
-  float2 x = v[0];
-  x = i == 1 ? v[1] : x;
-  x = i == 2 ? v[2] : x;
-  return i == 3 ? v[3] : x;
+// every 8-column group j. Given the pairs e[j] of 4 consecutive groups
+// j0 .. j0+3, quad_transpose leaves lane q with the 8 consecutive columns
+// of group j0 + q: the 4 x 4 (lane, group) block is transposed. A butterfly
+// in two rounds (b = 1, 2): lane q swaps with lane q ^ b the pairs whose
+// group differs from q in bit b. Per pair swapped: one select to choose
+// what to send, one shuffle, two selects to put what came back; nothing is
+// indexed at run time. (The first version picked each register with three
+// selects per round: 48 FSEL per chunk, half the epilogue of down_proj on
+// 30b-n1024: docs/NOTES.md.)
+template <class T, class Shfl>
+__device__ __forceinline__ void quad_butterfly(T (&e)[4], Shfl&& shfl) {
+  const int q = threadIdx.x & 3;
+#pragma unroll
+  for (int b = 1; b <= 2; b <<= 1) {
+    const bool upper = (q & b) != 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j & b) continue;  // j: bit b clear; its partner j | b
+      const T send = upper ? e[j] : e[j | b];
+      const T got = shfl(send, b);
+      e[j] = upper ? got : e[j];
+      e[j | b] = upper ? e[j | b] : got;
+    }
+  }
 }
 
-__device__ __forceinline__ void quad_transpose(const float2 (&p)[4], float (&out)[8]) {
-  const int q = threadIdx.x & 3;
-  float2 got[4];  // got[r]: the pair at position q ^ r of the 8 columns
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const float2 v = pick(p, q ^ r);  // as a sender: what reader q ^ r wants
-    got[r].x = __shfl_xor_sync(0xffffffffu, v.x, r);
-    got[r].y = __shfl_xor_sync(0xffffffffu, v.y, r);
-  }
+__device__ __forceinline__ void quad_transpose(float2 (&e)[4], float (&out)[8]) {
+  quad_butterfly(e, [](float2 v, int b) {
+    return float2{__shfl_xor_sync(0xffffffffu, v.x, b), __shfl_xor_sync(0xffffffffu, v.y, b)};
+  });
 #pragma unroll
   for (int pos = 0; pos < 4; ++pos) {
-    const float2 v = pick(got, pos ^ q);
-    out[2 * pos] = v.x;
-    out[2 * pos + 1] = v.y;
+    out[2 * pos] = e[pos].x;
+    out[2 * pos + 1] = e[pos].y;
   }
+}
+
+// The same on pairs already rounded to bf16 (one word each): half the
+// shuffles and selects, for epilogues that store the accumulator as it is.
+// Bitwise the same as pack8 of quad_transpose's result.
+__device__ __forceinline__ uint4 quad_transpose_bf16(const float2 (&p)[4]) {
+  uint32_t e[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) e[j] = arch::pack_bf16x2(p[j].x, p[j].y);
+  quad_butterfly(e, [](uint32_t v, int b) { return __shfl_xor_sync(0xffffffffu, v, b); });
+  return uint4{e[0], e[1], e[2], e[3]};
 }
 
 __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
@@ -117,12 +139,20 @@ struct StoreEpilogue {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     bf16_t* out = p.out + t.expert * p.expert_stride;
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
-    f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
-      const int64_t col = t.n0 + c;
-      if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
-      if (bias) add_bias8(v, bias + col);
-      *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = pack8(v);
-    });
+    if (bias) {
+      f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
+        const int64_t col = t.n0 + c;
+        if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
+        add_bias8(v, bias + col);
+        *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = pack8(v);
+      });
+    } else {
+      f.for_each_chunk8_bf16([&](auto, int, int r, int c, uint4 v) {
+        const int64_t col = t.n0 + c;
+        if (r >= t.rows || col >= s.N) return;
+        *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = v;
+      });
+    }
   }
 };
 

@@ -152,6 +152,19 @@ struct FragView {
       fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), v);
     });
   }
+  // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
+  // col, uint4).
+  template <class Fn>
+  __device__ __forceinline__ void for_each_chunk8_bf16(Fn&& fn) {
+    static_for<kChunks>([&](auto k) {
+      constexpr int i = k / (kBN / 16), g = (k >> 1) % (kBN / 32), h = k & 1;
+      float2 p[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        p[j] = float2{acc[i][4 * (4 * g + j) + 2 * h], acc[i][4 * (4 * g + j) + 2 * h + 1]};
+      fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), quad_transpose_bf16(p));
+    });
+  }
 
   template <class Fn>
   __device__ __forceinline__ void for_each_pair(Fn&& fn) {
