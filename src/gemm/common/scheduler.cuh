@@ -69,7 +69,8 @@ enum class Pair { None, M, N };
 template <Grouping G, int kBM, int kBN, Pair P = Pair::None>
 struct Scheduler {
   const Schedule& s;
-  int rank = 0;  // the CTA's rank in its cluster (P != None)
+  int rank = 0;          // the CTA's rank in its cluster (P != None)
+  mutable int hint = 0;  // Grouping::M: the expert of the last tile looked up
 
   static constexpr int kPairM = P == Pair::M ? 2 : 1, kPairN = P == Pair::N ? 2 : 1;
   static_assert(G == Grouping::K || P != Pair::N, "grouped-M pairs split M");
@@ -94,13 +95,20 @@ struct Scheduler {
     t.n0 = static_cast<int64_t>(nt) * kBN;
     if constexpr (G == Grouping::M) {
       // Largest e with units[e] <= mt (empty experts have equal offsets).
+      // A CTA's ids grow (tile_of), so its experts do too: the search starts
+      // at the last expert found and usually ends there, after two loads
+      // instead of a chain of log2(E) dependent ones, which the consumers
+      // wait for at every tile.
       const int32_t* units = m_units();
-      int lo = 0, hi = s.num_experts - 1;
+      int lo = hint, hi = s.num_experts - 1;
+      if (__ldg(units + lo) > mt) lo = 0;  // not monotone after all: search everything
+      if (lo < hi && __ldg(units + lo + 1) > mt) hi = lo;
       while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
         if (__ldg(units + mid) <= mt) lo = mid;
         else hi = mid - 1;
       }
+      hint = lo;
       t.expert = lo;
       // Clamped so that corrupt metadata cannot move a tile out of bounds.
       const int64_t begin = max(0, __ldg(s.expert_offsets + lo));
