@@ -180,17 +180,25 @@ struct FragView {
     return Warps::n0(threadIdx.x >> 5) + 32 * (k % kGroups) + 8 * (threadIdx.x & 3);
   }
 
+  // Chunk k's column pairs as the accumulator holds them (p[j]: 8-column
+  // group 4 g + j), and its row slot.
+  template <int k>
+  __device__ __forceinline__ int chunk_pairs(float2 (&p)[4]) const {
+    constexpr int i = k / (2 * kGroups), h = (k / kGroups) & 1, g = k % kGroups;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
+    return 2 * i + h;
+  }
+
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
     static_for<kChunks>([&](auto k) {
-      constexpr int i = k / (2 * kGroups), h = (k / kGroups) & 1, g = k % kGroups;
       float2 p[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
+      const int slot = chunk_pairs<k>(p);
       float v[8];
       quad_transpose(p, v);
-      fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), v);
+      fn(k, slot, chunk_row<k>(), chunk_col<k>(), v);
     });
   }
   // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
@@ -198,12 +206,9 @@ struct FragView {
   template <class Fn>
   __device__ __forceinline__ void for_each_chunk8_bf16(Fn&& fn) {
     static_for<kChunks>([&](auto k) {
-      constexpr int i = k / (2 * kGroups), h = (k / kGroups) & 1, g = k % kGroups;
       float2 p[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
-      fn(k, 2 * i + h, chunk_row<k>(), chunk_col<k>(), quad_transpose_bf16(p));
+      const int slot = chunk_pairs<k>(p);
+      fn(k, slot, chunk_row<k>(), chunk_col<k>(), quad_transpose_bf16(p));
     });
   }
 
