@@ -78,7 +78,7 @@ struct Buffers {
     sorted_token = make(dev, DType::I32, {N});
     sorted_pair = make(dev, DType::I32, {N});
     pair_position = make(dev, DType::I32, {N});
-    tile_offsets = make(dev, DType::I32, {2 * (E + 1)});
+    tile_offsets = make(dev, DType::I32, {kernels::tile_offsets_count(E)});
     expert_order = make(dev, DType::I32, {E});
     routing_ws = std::make_unique<Buffer>(dev, routing_ws_bytes);
 

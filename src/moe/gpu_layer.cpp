@@ -44,7 +44,7 @@ struct ForwardBuffers {
 };
 ForwardBuffers carve_forward(WorkspaceCarver& w, const MoeProblem& p) {
   ForwardBuffers b;
-  b.tile_offsets = w.take<int32_t>(2 * (p.num_experts + 1));
+  b.tile_offsets = w.take<int32_t>(kernels::tile_offsets_count(p.num_experts));
   b.a = w.take<bf16_t>(p.num_pairs * p.intermediate);
   b.y = w.take<bf16_t>(p.num_pairs * p.hidden);
   return b;
@@ -61,7 +61,7 @@ struct BackwardBuffers {
 BackwardBuffers carve_backward(WorkspaceCarver& w, const MoeProblem& p) {
   const int64_t R = is_gated(p.activation) ? 2 * p.intermediate : p.intermediate;
   BackwardBuffers b;
-  b.tile_offsets = w.take<int32_t>(2 * (p.num_experts + 1));
+  b.tile_offsets = w.take<int32_t>(kernels::tile_offsets_count(p.num_experts));
   b.expert_order = w.take<int32_t>(p.num_experts);
   b.dh = w.take<bf16_t>(p.num_pairs * R);
   b.ap = w.take<bf16_t>(p.num_pairs * p.intermediate);

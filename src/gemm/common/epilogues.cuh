@@ -99,6 +99,35 @@ __device__ __forceinline__ uint4 quad_transpose_bf16(const float2 (&p)[4]) {
   return uint4{e[0], e[1], e[2], e[3]};
 }
 
+// The chunk walks of every engine's FragView (CRTP base), over the view's
+// own chunk_pairs<k>(p) (chunk k's pairs as its accumulator holds them; its
+// row slot returned), chunk_row<k>(), chunk_col<k>() and kChunks.
+template <class View>
+struct ChunkWalks {
+  template <class Fn>
+  __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
+    View& f = static_cast<View&>(*this);
+    static_for<View::kChunks>([&](auto k) {
+      float2 p[4];
+      const int slot = f.template chunk_pairs<k>(p);
+      float v[8];
+      quad_transpose(p, v);
+      fn(k, slot, f.template chunk_row<k>(), f.template chunk_col<k>(), v);
+    });
+  }
+  // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
+  // col, uint4).
+  template <class Fn>
+  __device__ __forceinline__ void for_each_chunk8_bf16(Fn&& fn) {
+    View& f = static_cast<View&>(*this);
+    static_for<View::kChunks>([&](auto k) {
+      float2 p[4];
+      const int slot = f.template chunk_pairs<k>(p);
+      fn(k, slot, f.template chunk_row<k>(), f.template chunk_col<k>(), quad_transpose_bf16(p));
+    });
+  }
+};
+
 __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return uint4{arch::pack_bf16x2(v[0], v[1]), arch::pack_bf16x2(v[2], v[3]),
                arch::pack_bf16x2(v[4], v[5]), arch::pack_bf16x2(v[6], v[7])};

@@ -152,7 +152,7 @@ struct Mainloop {
 // different columns of a row (column group = warp % kWarpsN, kWarpN columns
 // each).
 template <int kBM, int kBN>
-struct FragView {
+struct FragView : ChunkWalks<FragView<kBM, kBN>> {
   using Warps = WarpGrid<kBM, kBN>;
   Accum<kBM, kBN>& acc;
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp
@@ -189,27 +189,6 @@ struct FragView {
     for (int j = 0; j < 4; ++j)
       p[j] = float2{acc[i][4 * g + j][2 * h], acc[i][4 * g + j][2 * h + 1]};
     return 2 * i + h;
-  }
-
-  template <class Fn>
-  __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
-    static_for<kChunks>([&](auto k) {
-      float2 p[4];
-      const int slot = chunk_pairs<k>(p);
-      float v[8];
-      quad_transpose(p, v);
-      fn(k, slot, chunk_row<k>(), chunk_col<k>(), v);
-    });
-  }
-  // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
-  // col, uint4).
-  template <class Fn>
-  __device__ __forceinline__ void for_each_chunk8_bf16(Fn&& fn) {
-    static_for<kChunks>([&](auto k) {
-      float2 p[4];
-      const int slot = chunk_pairs<k>(p);
-      fn(k, slot, chunk_row<k>(), chunk_col<k>(), quad_transpose_bf16(p));
-    });
   }
 
   template <class Fn>
@@ -250,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
     const Tile t = sched.at(id);
     Accum<kBM, kBN> acc;
     Mainloop<G, MA, MB, kGatherA, kBM, kBN>::run(args, t, smem, acc);
-    FragView<kBM, kBN> frag{acc};
+    FragView<kBM, kBN> frag{{}, acc};
     Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
     __syncthreads();
   }

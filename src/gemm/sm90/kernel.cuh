@@ -111,7 +111,7 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
 // those rows. Cooperative: the epilogue is both warpgroups' (256 threads,
 // rows split); kOwnTile (ping-pong): one warpgroup's, which owns the tile.
 template <int kBN, int kSub, bool kOwnTile = false>
-struct FragView {
+struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
   static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = kOwnTile ? 128 : 256;
 
@@ -148,27 +148,6 @@ struct FragView {
     for (int j = 0; j < 4; ++j)
       p[j] = float2{acc[i][4 * (4 * g + j) + 2 * h], acc[i][4 * (4 * g + j) + 2 * h + 1]};
     return 2 * i + h;
-  }
-
-  template <class Fn>
-  __device__ __forceinline__ void for_each_chunk8(Fn&& fn) {
-    static_for<kChunks>([&](auto k) {
-      float2 p[4];
-      const int slot = chunk_pairs<k>(p);
-      float v[8];
-      quad_transpose(p, v);
-      fn(k, slot, chunk_row<k>(), chunk_col<k>(), v);
-    });
-  }
-  // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
-  // col, uint4).
-  template <class Fn>
-  __device__ __forceinline__ void for_each_chunk8_bf16(Fn&& fn) {
-    static_for<kChunks>([&](auto k) {
-      float2 p[4];
-      const int slot = chunk_pairs<k>(p);
-      fn(k, slot, chunk_row<k>(), chunk_col<k>(), quad_transpose_bf16(p));
-    });
   }
 
   template <class Fn>
@@ -555,12 +534,8 @@ struct Kernel {
   // with it: with multicast, the other CTA's copies land here too, so both
   // CTAs' consumers arrive on both CTAs' empty barriers.
   __device__ static void release(uint64_t* empty) {
-    if constexpr (kCluster == 1) {
-      hw::mbar_arrive(empty);
-    } else {
-      hw::mbar_arrive(empty);
-      hw::mbar_arrive_cluster(empty, hw::cluster_rank() ^ 1u);
-    }
+    hw::mbar_arrive(empty);
+    if constexpr (kCluster > 1) hw::mbar_arrive_cluster(empty, hw::cluster_rank() ^ 1u);
   }
 
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
@@ -608,7 +583,7 @@ struct Kernel {
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
-      FragView<kBN, kSub, kPingPong> frag{acc};
+      FragView<kBN, kSub, kPingPong> frag{{}, acc};
       char* epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
       Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
