@@ -37,6 +37,34 @@ def roles(data, names, addr, src, samples):
               ", ".join(f"{n} {v / total:.0%}" for v, n in by[:6] if total))
 
 
+def epilogue(data, names, src, samples):
+    """The consumers' samples after their wgmma_wait<0> (`WARPGROUP.DEPBAR.LE
+    gsb0, 0x0`, once per tile, right before the epilogue), by opcode: where
+    the epilogue spends its time. Only a guide: code the compiler moved past
+    that point (the next tile's scheduling) counts too."""
+    start = next((i for i, r in enumerate(data) if "USETMAXREG.DEALLOC" in r[src]), None)
+    if start is None:
+        return
+    end = next((i for i in range(start, len(data))
+                if "EXIT" in data[i][src] and "@" not in data[i][src]), len(data))
+    consumers = data[:start] + data[end + 1:]
+    waits = [i for i, r in enumerate(consumers) if "DEPBAR.LE gsb0, 0x0" in r[src]]
+    if not waits:
+        return
+    total = sum(number(r[samples]) for r in consumers)
+    tail = consumers[waits[0]:]
+    by = {}
+    for r in tail:
+        words = r[src].split()
+        op = words[1] if words and words[0].startswith("@") and len(words) > 1 else (
+            words[0] if words else "?")
+        by[op.split(".")[0]] = by.get(op.split(".")[0], 0.0) + number(r[samples])
+    share = sum(by.values())
+    print(f"epilogue  {share:8.0f} samples ({share / total:.0%} of the consumers'): " +
+          ", ".join(f"{k} {v / share:.0%}" for v, k in sorted(((v, k) for k, v in by.items()),
+                                                            reverse=True)[:10] if share))
+
+
 def main():
     rows = list(csv.reader(open(sys.argv[1], errors="replace")))
     top = int(sys.argv[2]) if len(sys.argv) > 2 else 30
@@ -49,6 +77,7 @@ def main():
     total = sum(number(r[samples]) for r in data)
     print(f"{total:.0f} samples over {len(data)} instructions")
     roles(data, names, addr, src, samples)
+    epilogue(data, names, src, samples)
     for r in sorted(data, key=lambda r: -number(r[samples]))[:top]:
         share = number(r[samples]) / total if total else 0.0
         lsb = f"long_sb {number(r[long_sb]):7.0f}" if long_sb is not None else ""

@@ -232,8 +232,11 @@ struct Kernel {
   };
 
   __device__ static Smem carve(char* raw) {
-    char* base =
-        reinterpret_cast<char*>((reinterpret_cast<uintptr_t>(raw) + 1023) & ~uintptr_t{1023});
+    // An offset from raw, not a pointer rebuilt from an integer: the
+    // compiler then still knows every pointer below is shared memory and
+    // uses ld/st.shared instead of generic accesses (the dH epilogue's
+    // scores were generic loads on the long scoreboard: docs/NOTES.md).
+    char* base = raw + ((1024u - (arch::smem_addr(raw) & 1023u)) & 1023u);
     Smem s;
     s.stages = base;
     s.epi = base + kStages * kStageBytes;
