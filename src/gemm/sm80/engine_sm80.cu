@@ -32,6 +32,7 @@ using namespace sm80;
 // 256 x 128 tiles hold 128 accumulators per thread and need 1).
 struct Tiling {
   int bm, bn, stages, min_ctas;
+  bool overlap;  // the next tile's prologue before this tile's epilogue
 };
 
 // The one place to choose. The usual rows:
@@ -55,12 +56,21 @@ struct Tiling {
 // per thread and row, with its index load: it belongs on the tile's narrow
 // side (docs/NOTES.md, on the Hopper engine). dW1 gathers B (X), so it runs
 // 256 x 128; dW2 gathers A (dO), which 128 x 256 already keeps narrow.
-//                                M tile  N tile  stages  CTAs/SM
-constexpr Tiling kNarrowTiling   {128,    128,    3,      2};
-constexpr Tiling kWideTiling     {128,    256,    4,      1};
-constexpr Tiling kDhTiling       {128,    256,    4,      1};
-constexpr Tiling kDw2Tiling      {128,    256,    4,      1};
-constexpr Tiling kDw1Tiling      {256,    128,    4,      1};
+// Overlapping the next tile's prologue with the epilogue (overlap) pays
+// where the K loop is short, where a tile's prologue and epilogue weigh
+// most (H200, same runs, 128 x 128: down_proj 7b-n256 (K 256) 207 -> 265
+// TFLOPS, 7b-n1024 (K 1024) 268-292 -> 311-331, dX~ 7b-n256 (K 512) 262
+// -> 281, up_proj 7b-n1024 (K 1536) 310-324 -> 317-330) and cost a long
+// one 2% (dX~ 7b-n1024, K 2048: 323-327 -> 317-319); on 128 x 256 and
+// 256 x 128 tiles it gained nothing or lost up to 5% (dX~ 30b-n1024 330
+// -> 311): docs/NOTES.md.
+//                                M tile  N tile  stages  CTAs/SM  overlap
+constexpr Tiling kNarrowTiling   {128,    128,    3,      2,       true};
+constexpr Tiling kNarrowLongK    {128,    128,    3,      2,       false};
+constexpr Tiling kWideTiling     {128,    256,    4,      1,       false};
+constexpr Tiling kDhTiling       {128,    256,    4,      1,       false};
+constexpr Tiling kDw2Tiling      {128,    256,    4,      1,       false};
+constexpr Tiling kDw1Tiling      {256,    128,    4,      1,       false};
 
 // Up-projection, down-projection and dX~ at 128 x 256 when the product's
 // N x K (one expert's weights) is at least 4M elements, else 128 x 128 with
@@ -68,9 +78,12 @@ constexpr Tiling kDw1Tiling      {256,    128,    4,      1};
 // on 7b-n256 and 7b-n1024 (N x K <= 3.1M) and won 3-12% on 30b-n1024 and
 // 120b-n2048 (N x K >= 4.2M).
 constexpr int64_t kWideFromNK = int64_t{4} << 20;
+// 128 x 128 tiles overlap the next prologue up to this K (24 k-tiles).
+constexpr int64_t kOverlapMaxK = 1536;
 template <class Fn>
 void by_weight_size(int64_t N, int64_t K, Fn&& fn) {
   if (N * K >= kWideFromNK) fn.template operator()<kWideTiling>();
+  else if (K > kOverlapMaxK) fn.template operator()<kNarrowLongK>();
   else fn.template operator()<kNarrowTiling>();
 }
 
@@ -80,7 +93,7 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
   static_assert(C.stages >= 2 && C.stages <= kMaxStages);
   static_assert(G == Grouping::K || C.bm == kGroupedMTile,
                 "grouped-M tiles are counted in kGroupedMTile rows (Engine::m_tile)");
-  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas>;
+  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas, C.overlap>;
   constexpr int stage_bytes = kStageBytes<C.bm, C.bn>;
   constexpr int epi_bytes = Epi::template smem_bytes<C.bm, sm80::kThreads>();
   static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,

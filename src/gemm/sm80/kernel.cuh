@@ -15,11 +15,18 @@
 //   thread, and every warp is done reading stage kt-1), request stage
 //   kt+stages-1 into the slot of kt-1, then run 4 k16 steps of mma.sync on
 //   stage kt (slot kt % stages).
-// - Between tiles: all groups drained, one __syncthreads before the next
-//   prologue overwrites stages other warps may still be reading.
+// - Between tiles: the K loop drains its (empty) trailing groups. Then,
+//   without kOverlap: the epilogue, one __syncthreads, and the next tile's
+//   K loop requests its own prologue. With kOverlap: one __syncthreads (no
+//   warp reads the stages any more), the next tile's prologue is requested,
+//   then this tile's epilogue runs, so the next tile's first stages land
+//   meanwhile; its K loop then builds loaders positioned at stage stages-1
+//   (loader state kept instead would stay live across the epilogue's
+//   registers).
 // - The epilogue (common/epilogues.cuh, through FragView) reads the fp32
 //   accumulators in registers and may use its own shared-memory region
-//   (after the stages), never the stages.
+//   (after the stages), never the stages. Its own cp.async groups (dH's H
+//   ring) come after the prologue's, so its waits also wait for those.
 #pragma once
 
 #include <cstdint>
@@ -68,10 +75,12 @@ struct Mainloop {
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp: 4 or 8
   static constexpr int kStage = kStageBytes<kBM, kBN>;
 
-  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem,
-                             Accum<kBM, kBN>& acc) {
-    LoaderFor<MA, kGatherA, kBM> la;
-    LoaderFor<MB, false, kBN> lb;
+  using LoaderA = LoaderFor<MA, kGatherA, kBM>;
+  using LoaderB = LoaderFor<MB, false, kBN>;
+
+  // Tile t's loaders, positioned for a first load at k offset `first`.
+  __device__ static void make_loaders(const GemmArgs& g, const Tile& t, int first, LoaderA& la,
+                                      LoaderB& lb) {
     if constexpr (G == Grouping::M) {
       la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K);
       if constexpr (MB == Major::K)
@@ -79,25 +88,55 @@ struct Mainloop {
                 static_cast<int>(min(static_cast<int64_t>(kBN), g.schedule.N - t.n0)),
                 g.schedule.K);
       else
-        lb.init(g.b, t.expert, 0, g.schedule.K, t.n0, g.schedule.N);
+        lb.init(g.b, t.expert, 0, g.schedule.K, t.n0, g.schedule.N, first);
     } else {
-      la.init(g.a, t.expert, t.k_first, t.k_len, t.m0, g.schedule.M);
-      lb.init(g.b, t.expert, t.k_first, t.k_len, t.n0, g.schedule.N);
+      la.init(g.a, t.expert, t.k_first, t.k_len, t.m0, g.schedule.M, first);
+      lb.init(g.b, t.expert, t.k_first, t.k_len, t.n0, g.schedule.N, first);
     }
+  }
 
-    const int stages = g.stages;
-    const uint32_t base = arch::smem_addr(smem);
-    auto stage_a = [&](int s) { return base + s * kStage; };
-    auto stage_b = [&](int s) { return base + s * kStage + kOperandBytes<kBM>; };
-    const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
+  __device__ static int ktiles(const Tile& t) {
+    return static_cast<int>((t.k_len + kBK - 1) / kBK);
+  }
+  __device__ static uint32_t stage_a(char* smem, int s) {
+    return arch::smem_addr(smem) + s * kStage;
+  }
+  __device__ static uint32_t stage_b(char* smem, int s) {
+    return stage_a(smem, s) + kOperandBytes<kBM>;
+  }
 
-    for (int s = 0; s < stages - 1; ++s) {
-      if (s < ktiles) {
-        la.load(stage_a(s), static_cast<int64_t>(s) * kBK);
-        lb.load(stage_b(s), static_cast<int64_t>(s) * kBK);
+  // Requests tile t's stages 0 .. stages-2 (one cp.async group each,
+  // committed even when empty) with loaders positioned at k 0. The stages
+  // must be free: the caller has synchronised after the last reads of the
+  // previous tile.
+  __device__ static void request_prologue(const GemmArgs& g, const Tile& t, char* smem,
+                                          LoaderA& la, LoaderB& lb) {
+    const int kt_end = ktiles(t);
+    for (int s = 0; s < g.stages - 1; ++s) {
+      if (s < kt_end) {
+        la.load(stage_a(smem, s), static_cast<int64_t>(s) * kBK);
+        lb.load(stage_b(smem, s), static_cast<int64_t>(s) * kBK);
       }
       arch::cp_async_commit();
     }
+  }
+  __device__ static void prologue(const GemmArgs& g, const Tile& t, char* smem) {
+    LoaderA la;
+    LoaderB lb;
+    make_loaders(g, t, 0, la, lb);
+    request_prologue(g, t, smem, la, lb);
+  }
+
+  // Tile t's K loop; kOwnPrologue: it requests the prologue first, else
+  // prologue() has.
+  template <bool kOwnPrologue>
+  __device__ static void run(const GemmArgs& g, const Tile& t, char* smem, Accum<kBM, kBN>& acc) {
+    const int stages = g.stages;
+    LoaderA la;
+    LoaderB lb;
+    make_loaders(g, t, kOwnPrologue ? 0 : (stages - 1) * kBK, la, lb);
+    if constexpr (kOwnPrologue) request_prologue(g, t, smem, la, lb);
+    const int kt_end = ktiles(t);
 
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -109,18 +148,18 @@ struct Mainloop {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wm = Warps::m0(warp), wn = Warps::n0(warp);
     int slot = 0;  // kt % stages, without the division
-    for (int kt = 0; kt < ktiles; ++kt) {
+    for (int kt = 0; kt < kt_end; ++kt) {
       wait_pending(stages - 2);
       __syncthreads();
       const int next = kt + stages - 1;
       const int free = (slot == 0 ? stages : slot) - 1;  // the slot of kt - 1
-      if (next < ktiles) {
-        la.load(stage_a(free), static_cast<int64_t>(next) * kBK);
-        lb.load(stage_b(free), static_cast<int64_t>(next) * kBK);
+      if (next < kt_end) {
+        la.load(stage_a(smem, free), static_cast<int64_t>(next) * kBK);
+        lb.load(stage_b(smem, free), static_cast<int64_t>(next) * kBK);
       }
       arch::cp_async_commit();
 
-      const uint32_t sa = stage_a(slot), sb = stage_b(slot);
+      const uint32_t sa = stage_a(smem, slot), sb = stage_b(smem, slot);
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
         // B fragments for the warp's kWarpN columns, then one A fragment at
@@ -209,10 +248,11 @@ struct FragView : ChunkWalks<FragView<kBM, kBN>> {
 // kBM x kBN: the tile, 128 x 128, 128 x 256 or 256 x 128 (grouped-K only:
 // grouped-M tiles are kGroupedMTile rows). kMinCtas: CTAs per SM the
 // register budget must allow (2 caps a thread at 128 registers; the larger
-// tiles hold 128 accumulators per thread, so they run at 1). Chosen per
-// product.
+// tiles hold 128 accumulators per thread, so they run at 1). kOverlap: the
+// next tile's prologue is requested before this tile's epilogue (contract
+// above). Chosen per product.
 template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN, EpiloguePolicy Epi,
-          int kMinCtas>
+          int kMinCtas, bool kOverlap>
 __global__ void __launch_bounds__(kThreads, kMinCtas)
     grouped_gemm_kernel(const GemmArgs args, const typename Epi::Params ep) {
   static_assert((kBM == 128 && (kBN == 128 || kBN == 256)) || (kBM == 256 && kBN == 128),
@@ -225,13 +265,36 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
   char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN>;
-  for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
-    const Tile t = sched.at(id);
-    Accum<kBM, kBN> acc;
-    Mainloop<G, MA, MB, kGatherA, kBM, kBN>::run(args, t, smem, acc);
-    FragView<kBM, kBN> frag{{}, acc};
-    Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
-    __syncthreads();
+  using Main = Mainloop<G, MA, MB, kGatherA, kBM, kBN>;
+  if constexpr (!kOverlap) {
+    for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
+      const Tile t = sched.at(id);
+      Accum<kBM, kBN> acc;
+      Main::template run<true>(args, t, smem, acc);
+      FragView<kBM, kBN> frag{{}, acc};
+      Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
+      __syncthreads();  // before the next prologue overwrites the stages
+    }
+  } else {
+    int id = tile_of(0);
+    if (id >= total) return;
+    Tile t = sched.at(id);
+    Main::prologue(args, t, smem);
+    for (int k = 1;; ++k) {
+      Accum<kBM, kBN> acc;
+      Main::template run<false>(args, t, smem, acc);
+      __syncthreads();  // every warp is done reading the stages
+      id = tile_of(k);
+      Tile next{};
+      if (id < total) {
+        next = sched.at(id);
+        Main::prologue(args, next, smem);
+      }
+      FragView<kBM, kBN> frag{{}, acc};
+      Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
+      if (id >= total) return;
+      t = next;
+    }
   }
 }
 

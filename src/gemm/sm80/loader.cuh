@@ -87,8 +87,9 @@ class MNMajorLoader {
   // come with k0 = 0, kBK, 2 kBK, ...: each load fetches the gather indices
   // of the next one, so that their latency hides behind a stage of MMAs
   // instead of stalling the thread right before its copies.
+  // first_load: the k offset of the first load() to come (a multiple of kBK).
   __device__ void init(const Operand& op, int expert, int64_t first_row, int64_t k_rows,
-                       int64_t col0, int64_t col_extent) {
+                       int64_t col0, int64_t col_extent, int first_load = 0) {
     const int64_t col = col0 + (threadIdx.x % kChunks) * 8;
     col_ok_ = col < col_extent;
     // Fold everything fixed for the tile into one base pointer: the loader
@@ -99,7 +100,7 @@ class MNMajorLoader {
     if (!op.gather) base_ += first_row * op.ld;
     max_row_ = static_cast<int>(op.rows - 1);
     k_rows_ = static_cast<int>(k_rows);
-    fetch_rows(0);
+    fetch_rows(first_load);
   }
 
   __device__ void load(uint32_t smem, int64_t k0) {
