@@ -8,9 +8,11 @@
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
 //   dw2       K  A=dO[gather] MN Copy B=A'   MN Tma   StoreEpilogue
 //   dw1       K  A=dH        MN Tma   B=X[gather] MN Copy StoreEpilogue (256 x 128)
-// up_proj, dh, dw2 and dw1 run on 2-CTA clusters sharing their TMA operand
-// by multicast (W1_e, W2_e, A', dH); down_proj and dx_tilde stay solo,
-// where pairs measured 0-7% slower. With SONICMOE_HOPPER_SCHEDULE=pingpong
+// All six run on 2-CTA clusters sharing their TMA operand by multicast
+// (W1_e, W2_e, W2_e, W1_e, A', dH). down_proj and dX~ were solo until their
+// weight re-reads showed on the H100's lower bandwidth: pairs there took
+// dX~ 120b-n2048 from 0.59 to 0.88 of dense (docs/NOTES.md), and were
+// neutral on H200 kernels. With SONICMOE_HOPPER_SCHEDULE=pingpong
 // the four grouped-M products run ping-pong 128 x 128 tiles instead
 // (MSchedule below).
 #include <algorithm>
@@ -166,9 +168,9 @@ class HopperEngine final : public Engine {
     with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, L.n, S.bn)};
       const CUtensorMap ma = tma_rows_2d(a, L.N, L.n, kBM);
-      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, S.bn);
-      launch_m<S, 1, Major::K, Src::Tma, Major::K, StoreEpilogue>("down_proj", L, g, ma, mb,
-                                                               {y, L.d, 0, w.b2}, st);
+      const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, S.bn / S.cluster);
+      launch_m<S, S.cluster, Major::K, Src::Tma, Major::K, StoreEpilogue>(
+          "down_proj", L, g, ma, mb, {y, L.d, 0, w.b2}, st);
     });
   }
 
@@ -195,8 +197,8 @@ class HopperEngine final : public Engine {
       const GemmArgs g{Operand{}, Operand{}, grouped_m_schedule(L, r, L.d, R, S.bn)};
       const CUtensorMap ma = tma_rows_2d(dh, L.N, R, kBM);
       const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, 64);
-      launch_m<S, 1, Major::K, Src::Tma, Major::MN, StoreEpilogue>("dx_tilde", L, g, ma, mb,
-                                                                {dxt, L.d, 0, nullptr}, st);
+      launch_m<S, S.cluster, Major::K, Src::Tma, Major::MN, StoreEpilogue>(
+          "dx_tilde", L, g, ma, mb, {dxt, L.d, 0, nullptr}, st);
     });
   }
 
