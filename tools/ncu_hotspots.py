@@ -17,19 +17,25 @@ def number(text):
         return 0.0
 
 
-def roles(data, names, addr, src, samples):
-    """Samples per warp role of a warp-specialized kernel: code after the
-    producer's `setmaxnreg.dec` (USETMAXREG.DEALLOC) up to the next unpredicated
-    EXIT is
-    the producer's, the rest the consumers' (the spin loops' out-of-line
-    retry branches land with whichever role's EXIT precedes them)."""
+def split_roles(data, src):
+    """A warp-specialized kernel's rows as (producer, consumers, first): code
+    after the producer's `setmaxnreg.dec` (USETMAXREG.DEALLOC) up to the next
+    unpredicated EXIT is the producer's, the rest the consumers' (the spin
+    loops' out-of-line retry branches land with whichever role's EXIT
+    precedes them); consumers[:first] is the consumers' code before the
+    producer's, without those out-of-line loops. None if there are no roles."""
     start = next((i for i, r in enumerate(data) if "USETMAXREG.DEALLOC" in r[src]), None)
     if start is None:
-        return
+        return None
     end = next((i for i in range(start, len(data))
                 if "EXIT" in data[i][src] and "@" not in data[i][src]), len(data))
+    return data[start:end + 1], data[:start] + data[end + 1:], start
+
+
+def roles(split, names, samples):
+    """Samples per warp role, by stall reason."""
     stalls = [i for i, n in enumerate(names) if n.startswith("stall_") and "Not Issued" not in n]
-    producer, consumers = data[start:end + 1], data[:start] + data[end + 1:]
+    producer, consumers, _ = split
     for name, rows in (("producer", producer), ("consumers", consumers)):
         total = sum(number(r[samples]) for r in rows)
         by = sorted(((sum(number(r[i]) for r in rows), names[i][6:]) for i in stalls), reverse=True)
@@ -37,22 +43,19 @@ def roles(data, names, addr, src, samples):
               ", ".join(f"{n} {v / total:.0%}" for v, n in by[:6] if total))
 
 
-def epilogue(data, names, src, samples):
+def epilogue(split, src, samples):
     """The consumers' samples after their wgmma_wait<0> (`WARPGROUP.DEPBAR.LE
     gsb0, 0x0`, once per tile, right before the epilogue), by opcode: where
     the epilogue spends its time. Only a guide: code the compiler moved past
     that point (the next tile's scheduling) counts too."""
-    start = next((i for i, r in enumerate(data) if "USETMAXREG.DEALLOC" in r[src]), None)
-    if start is None:
-        return
-    end = next((i for i in range(start, len(data))
-                if "EXIT" in data[i][src] and "@" not in data[i][src]), len(data))
-    consumers = data[:start] + data[end + 1:]
+    _, consumers, first = split
     waits = [i for i, r in enumerate(consumers) if "DEPBAR.LE gsb0, 0x0" in r[src]]
     if not waits:
         return
     total = sum(number(r[samples]) for r in consumers)
-    tail = consumers[waits[0]:]
+    # Up to the producer's code when the wait comes before it: the
+    # out-of-line spin loops after the producer's EXIT are not epilogue.
+    tail = consumers[waits[0]:first] if waits[0] < first else consumers[waits[0]:]
     by = {}
     for r in tail:
         words = r[src].split()
@@ -76,8 +79,10 @@ def main():
     long_sb = next((i for i, n in enumerate(names) if n == "stall_long_sb"), None)
     total = sum(number(r[samples]) for r in data)
     print(f"{total:.0f} samples over {len(data)} instructions")
-    roles(data, names, addr, src, samples)
-    epilogue(data, names, src, samples)
+    split = split_roles(data, src)
+    if split:
+        roles(split, names, samples)
+        epilogue(split, src, samples)
     for r in sorted(data, key=lambda r: -number(r[samples]))[:top]:
         share = number(r[samples]) / total if total else 0.0
         lsb = f"long_sb {number(r[long_sb]):7.0f}" if long_sb is not None else ""
