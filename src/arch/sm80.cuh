@@ -34,6 +34,20 @@ __device__ __forceinline__ uint4 lds_128(uint32_t addr) {
   return v;
 }
 
+// 16- and 8-byte global stores. Written as C++ (a uint4 assignment), a store
+// may reach PTX as four st.global.u32: the front end copies the struct
+// member by member and the vectorizer does not always merge them again (a
+// quarter of the Hopper epilogues' 16-byte stores were split; fixing them
+// took down_proj 7b-n256 from 0.71 to 0.77-0.83 of dense: docs/NOTES.md).
+__device__ __forceinline__ void stg_128(void* p, uint4 v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void stg_64(void* p, uint2 v) {
+  asm volatile("st.global.v2.b32 [%0], {%1, %2};\n" ::"l"(p), "r"(v.x), "r"(v.y) : "memory");
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])

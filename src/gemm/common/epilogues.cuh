@@ -173,13 +173,13 @@ struct StoreEpilogue {
         const int64_t col = t.n0 + c;
         if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
         add_bias8(v, bias + col);
-        *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = pack8(v);
+        arch::stg_128(out + (t.m0 + r) * p.ld + col, pack8(v));
       });
     } else {
       f.for_each_chunk8_bf16([&](auto, int, int r, int c, uint4 v) {
         const int64_t col = t.n0 + c;
         if (r >= t.rows || col >= s.N) return;
-        *reinterpret_cast<uint4*>(out + (t.m0 + r) * p.ld + col) = v;
+        arch::stg_128(out + (t.m0 + r) * p.ld + col, v);
       });
     }
   }
@@ -210,17 +210,18 @@ struct UpProjEpilogue {
       if (r >= t.rows || col >= R) return;  // R is a multiple of 8: whole chunks
       if (bias) add_bias8(v, bias + col);
       const int64_t row = t.m0 + r;
-      if (p.h) *reinterpret_cast<uint4*>(p.h + row * R + col) = pack8(v);
+      if (p.h) arch::stg_128(p.h + row * R + col, pack8(v));
       if constexpr (is_gated(Act)) {
         // (gate, up) pairs -> 4 consecutive A columns from col / 2.
-        *reinterpret_cast<uint2*>(p.a + row * p.n + col / 2) =
+        arch::stg_64(
+            p.a + row * p.n + col / 2,
             uint2{arch::pack_bf16x2(act::gated<Act>(v[0], v[1]), act::gated<Act>(v[2], v[3])),
-                  arch::pack_bf16x2(act::gated<Act>(v[4], v[5]), act::gated<Act>(v[6], v[7]))};
+                  arch::pack_bf16x2(act::gated<Act>(v[4], v[5]), act::gated<Act>(v[6], v[7]))});
       } else {
         float a[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) a[i] = act::inner<Act>(v[i]);
-        *reinterpret_cast<uint4*>(p.a + row * p.n + col) = pack8(a);
+        arch::stg_128(p.a + row * p.n + col, pack8(a));
       }
     });
   }
@@ -326,9 +327,9 @@ struct DHEpilogue {
           dw[i] = arch::pack_bf16x2(dg, du);
           ap[i] = sc * a;
         }
-        uint4* dp = reinterpret_cast<uint4*>(p.dh + row * R + 2 * col);
-        dp[0] = uint4{dw[0], dw[1], dw[2], dw[3]};
-        dp[1] = uint4{dw[4], dw[5], dw[6], dw[7]};
+        bf16_t* dp = p.dh + row * R + 2 * col;
+        arch::stg_128(dp, uint4{dw[0], dw[1], dw[2], dw[3]});
+        arch::stg_128(dp + 8, uint4{dw[4], dw[5], dw[6], dw[7]});
       } else {
         const uint32_t hw[4] = {hv[0].x, hv[0].y, hv[0].z, hv[0].w};
         float dh[8];
@@ -342,9 +343,9 @@ struct DHEpilogue {
           ap[2 * i] = sc * a0;
           ap[2 * i + 1] = sc * a1;
         }
-        *reinterpret_cast<uint4*>(p.dh + row * R + col) = pack8(dh);
+        arch::stg_128(p.dh + row * R + col, pack8(dh));
       }
-      *reinterpret_cast<uint4*>(p.ap + row * n + col) = pack8(ap);
+      arch::stg_128(p.ap + row * n + col, pack8(ap));
     });
     arch::cp_async_wait<0>();  // the empty groups past the last chunk
 
