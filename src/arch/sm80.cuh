@@ -1,4 +1,4 @@
-// sm_80 instruction wrappers: cp.async, ldmatrix, mma.sync. The only place
+// sm_80 instruction wrappers: cp.async, ldmatrix, mma.sync, vector stores.
 // the portable engine writes PTX. Each wrapper is one instruction.
 #pragma once
 
