@@ -1,5 +1,6 @@
 // sm_80 instruction wrappers: cp.async, ldmatrix, mma.sync, vector stores.
-// the portable engine writes PTX. Each wrapper is one instruction.
+// The only place the portable engine writes PTX. Each wrapper is one
+// instruction.
 #pragma once
 
 #include <cstdint>
