@@ -64,11 +64,10 @@ inline Schedule grouped_k_schedule(const LayerDims& L, const RoutingPtrs& r, int
 inline int64_t grouped_m_tiles(const LayerDims& L, const Schedule& s, int tile_m) {
   return (ceil_div(L.N, tile_m) + L.E) * s.n_tiles;
 }
-inline int64_t grouped_k_tiles(const LayerDims& L, const Schedule& s) {
-  return L.E * s.m_tiles * s.n_tiles;
-}
-// Grouped-K tiles scheduled pair_m x pair_n at a time (2-CTA clusters).
-inline int64_t grouped_k_units(const LayerDims& L, const Schedule& s, int pair_m, int pair_n) {
+// Grouped-K tiles scheduled pair_m x pair_n at a time (2-CTA clusters; 1 x 1:
+// every tile on its own).
+inline int64_t grouped_k_units(const LayerDims& L, const Schedule& s, int pair_m = 1,
+                               int pair_n = 1) {
   return L.E * ceil_div(s.m_tiles, pair_m) * ceil_div(s.n_tiles, pair_n);
 }
 

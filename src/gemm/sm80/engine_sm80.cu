@@ -179,7 +179,7 @@ class PortableEngine final : public Engine {
            bf16_t* dw2, cudaStream_t st) override {
     GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), rows_of(ap, L.n, L.N),
                grouped_k_schedule(L, r, L.d, L.n, kDw2Tiling.bm, kDw2Tiling.bn)};
-    const int64_t tiles = grouped_k_tiles(L, g.schedule);
+    const int64_t tiles = grouped_k_units(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw2Tiling>(
         "dw2", g, {dw2, L.n, L.d * L.n, nullptr}, tiles, st);
   }
@@ -189,7 +189,7 @@ class PortableEngine final : public Engine {
     const int64_t R = L.R();
     GemmArgs g{rows_of(dh, R, L.N), rows_of(x, L.d, L.T, r.sorted_token),
                grouped_k_schedule(L, r, R, L.d, kDw1Tiling.bm, kDw1Tiling.bn)};
-    const int64_t tiles = grouped_k_tiles(L, g.schedule);
+    const int64_t tiles = grouped_k_units(L, g.schedule);
     launch<Grouping::K, Major::MN, Major::MN, false, StoreEpilogue, kDw1Tiling>(
         "dw1", g, {dw1, L.d, R * L.d, nullptr}, tiles, st);
   }
