@@ -32,11 +32,13 @@ def split_roles(data, src):
     return data[start:end + 1], data[:start] + data[end + 1:], start
 
 
-def roles(split, names, samples):
+def roles(split, names, samples, labels=("producer", "consumers")):
     """Samples per warp role, by stall reason."""
     stalls = [i for i, n in enumerate(names) if n.startswith("stall_") and "Not Issued" not in n]
     producer, consumers, _ = split
-    for name, rows in (("producer", producer), ("consumers", consumers)):
+    for name, rows in zip(labels, (producer, consumers)):
+        if not rows:
+            continue
         total = sum(number(r[samples]) for r in rows)
         by = sorted(((sum(number(r[i]) for r in rows), names[i][6:]) for i in stalls), reverse=True)
         print(f"{name:9s} {total:8.0f} samples: " +
@@ -83,6 +85,8 @@ def main():
     if split:
         roles(split, names, samples)
         epilogue(split, src, samples)
+    else:  # one role (the portable engine): the whole kernel by stall reason
+        roles((data, [], 0), names, samples, ("kernel", ""))
     for r in sorted(data, key=lambda r: -number(r[samples]))[:top]:
         share = number(r[samples]) / total if total else 0.0
         lsb = f"long_sb {number(r[long_sb]):7.0f}" if long_sb is not None else ""
