@@ -1,4 +1,5 @@
-// sm_80 instruction wrappers: cp.async, ldmatrix, mma.sync, vector stores.
+// sm_80 instruction wrappers: cp.async, ldmatrix, mma.sync, vector stores,
+// 64-bit shared loads and stores (the Hopper engine uses them too).
 // The only place the portable engine writes PTX. Each wrapper is one
 // instruction.
 #pragma once
@@ -23,6 +24,19 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// 64-bit shared-memory load and store by shared address (published row
+// addresses): a pointer kept in a struct loses its state space and becomes a
+// generic (slower) access. Volatile keeps them in order with the barriers
+// that publish them.
+__device__ __forceinline__ uint64_t lds_u64(uint32_t addr) {
+  uint64_t v;
+  asm volatile("ld.shared.u64 %0, [%1];\n" : "=l"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ void sts_u64(uint32_t addr, uint64_t v) {
+  asm volatile("st.shared.u64 [%0], %1;\n" ::"r"(addr), "l"(v) : "memory");
 }
 
 // 16-byte shared-memory load by shared address. Volatile: it stays after the

@@ -52,19 +52,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
-// --------------------------------------------------------- shared memory --
-// 64-bit shared-memory load and store by shared address: a pointer kept in a
-// struct loses its state space and becomes a generic (slower) access.
-// Volatile keeps them in order with the named barriers that publish them.
-__device__ __forceinline__ uint64_t lds_u64(uint32_t addr) {
-  uint64_t v;
-  asm volatile("ld.shared.u64 %0, [%1];\n" : "=l"(v) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ void sts_u64(uint32_t addr, uint64_t v) {
-  asm volatile("st.shared.u64 [%0], %1;\n" ::"r"(addr), "l"(v) : "memory");
-}
-
 // ------------------------------------------------------------------- TMA --
 __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

@@ -95,7 +95,8 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
                 "grouped-M tiles are counted in kGroupedMTile rows (Engine::m_tile)");
   auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas, C.overlap>;
   constexpr int stage_bytes = kStageBytes<C.bm, C.bn>;
-  constexpr int epi_bytes = Epi::template smem_bytes<C.bm, sm80::kThreads>();
+  // The epilogue's shared memory comes after the loaders' published addresses.
+  constexpr int epi_bytes = kPublishedBytes + Epi::template smem_bytes<C.bm, sm80::kThreads>();
   static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,
                 "shared memory budget of one CTA (H100)");
   // Per instantiation, once per device (the first call pays for it): the

@@ -15,6 +15,15 @@
 //   thread, and every warp is done reading stage kt-1), request stage
 //   kt+stages-1 into the slot of kt-1, then run 4 k16 steps of mma.sync on
 //   stage kt (slot kt % stages).
+// - MN-major operands copy the K loop's stages from row addresses published
+//   in shared memory (after the stages, kPublishedBytes) one iteration
+//   ahead, in two buffers by stage parity: iteration kt reads stage
+//   kt+stages-1's, then 64 threads per operand write stage kt+stages'
+//   (loader.cuh). The iteration's barrier orders the writes of iteration
+//   kt-1 before these reads, and the reads of iteration kt-1 (the same
+//   buffer) before these writes. The prologue's stages compute their
+//   addresses directly; stage stages-1's are published before the first
+//   barrier.
 // - Between tiles: the K loop drains its (empty) trailing groups. Then,
 //   without kOverlap: the epilogue, one __syncthreads, and the next tile's
 //   K loop requests its own prologue. With kOverlap: one __syncthreads (no
@@ -25,8 +34,9 @@
 //   registers).
 // - The epilogue (common/epilogues.cuh, through FragView) reads the fp32
 //   accumulators in registers and may use its own shared-memory region
-//   (after the stages), never the stages. Its own cp.async groups (dH's H
-//   ring) come after the prologue's, so its waits also wait for those.
+//   (after the stages and the published addresses), never the stages. Its
+//   own cp.async groups (dH's H ring) come after the prologue's, so its
+//   waits also wait for those.
 #pragma once
 
 #include <cstdint>
@@ -40,6 +50,9 @@
 namespace sonicmoe::gemm::sm80 {
 
 inline constexpr int kMaxStages = 4;  // what wait_pending below can wait for
+// After the stages: the MN-major loaders' published row addresses, 1 KiB per
+// operand (loader.cuh), then the epilogue's shared memory.
+inline constexpr int kPublishedBytes = 2 * 1024;
 
 template <int kBM, int kBN>
 inline constexpr int kStageBytes = kOperandBytes<kBM> + kOperandBytes<kBN>;
@@ -75,23 +88,27 @@ struct Mainloop {
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp: 4 or 8
   static constexpr int kStage = kStageBytes<kBM, kBN>;
 
-  using LoaderA = LoaderFor<MA, kGatherA, kBM>;
-  using LoaderB = LoaderFor<MB, false, kBN>;
+  // MN-major operands publish their row addresses from different warps:
+  // A's from warps 0-1, B's from warps 2-3 (different schedulers).
+  using LoaderA = LoaderFor<MA, kGatherA, kBM, 0>;
+  using LoaderB = LoaderFor<MB, false, kBN, 64>;
+  static_assert(LoaderA::kPublishedBytes + LoaderB::kPublishedBytes <= kPublishedBytes);
 
-  // Tile t's loaders, positioned for a first load at k offset `first`.
-  __device__ static void make_loaders(const GemmArgs& g, const Tile& t, int first, LoaderA& la,
+  // Tile t's loaders.
+  __device__ static void make_loaders(const GemmArgs& g, const Tile& t, char* smem, LoaderA& la,
                                       LoaderB& lb) {
+    const uint32_t pub = stage_a(smem, g.stages);  // past the last stage
     if constexpr (G == Grouping::M) {
-      la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K);
+      la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K, pub);
       if constexpr (MB == Major::K)
         lb.init(g.b, t.expert, t.n0,
                 static_cast<int>(min(static_cast<int64_t>(kBN), g.schedule.N - t.n0)),
-                g.schedule.K);
+                g.schedule.K, pub + 1024);
       else
-        lb.init(g.b, t.expert, 0, g.schedule.K, t.n0, g.schedule.N, first);
+        lb.init(g.b, t.expert, 0, g.schedule.K, t.n0, g.schedule.N, pub + 1024);
     } else {
-      la.init(g.a, t.expert, t.k_first, t.k_len, t.m0, g.schedule.M, first);
-      lb.init(g.b, t.expert, t.k_first, t.k_len, t.n0, g.schedule.N, first);
+      la.init(g.a, t.expert, t.k_first, t.k_len, t.m0, g.schedule.M, pub);
+      lb.init(g.b, t.expert, t.k_first, t.k_len, t.n0, g.schedule.N, pub + 1024);
     }
   }
 
@@ -114,8 +131,8 @@ struct Mainloop {
     const int kt_end = ktiles(t);
     for (int s = 0; s < g.stages - 1; ++s) {
       if (s < kt_end) {
-        la.load(stage_a(smem, s), static_cast<int64_t>(s) * kBK);
-        lb.load(stage_b(smem, s), static_cast<int64_t>(s) * kBK);
+        la.load_direct(stage_a(smem, s), static_cast<int64_t>(s) * kBK);
+        lb.load_direct(stage_b(smem, s), static_cast<int64_t>(s) * kBK);
       }
       arch::cp_async_commit();
     }
@@ -123,7 +140,7 @@ struct Mainloop {
   __device__ static void prologue(const GemmArgs& g, const Tile& t, char* smem) {
     LoaderA la;
     LoaderB lb;
-    make_loaders(g, t, 0, la, lb);
+    make_loaders(g, t, smem, la, lb);
     request_prologue(g, t, smem, la, lb);
   }
 
@@ -134,9 +151,13 @@ struct Mainloop {
     const int stages = g.stages;
     LoaderA la;
     LoaderB lb;
-    make_loaders(g, t, kOwnPrologue ? 0 : (stages - 1) * kBK, la, lb);
+    make_loaders(g, t, smem, la, lb);
     if constexpr (kOwnPrologue) request_prologue(g, t, smem, la, lb);
     const int kt_end = ktiles(t);
+    // The first stage the K loop requests (stages-1) copies from published
+    // addresses: published before the first barrier.
+    la.publish_first(static_cast<int64_t>(stages - 1) * kBK);
+    lb.publish_first(static_cast<int64_t>(stages - 1) * kBK);
 
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -158,6 +179,10 @@ struct Mainloop {
         lb.load(stage_b(smem, free), static_cast<int64_t>(next) * kBK);
       }
       arch::cp_async_commit();
+      // The next iteration's addresses, into the other buffer (this
+      // iteration's barrier ordered its last reads before these writes).
+      la.publish(static_cast<int64_t>(next + 1) * kBK);
+      lb.publish(static_cast<int64_t>(next + 1) * kBK);
 
       const uint32_t sa = stage_a(smem, slot), sb = stage_b(smem, slot);
 #pragma unroll
@@ -264,7 +289,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   extern __shared__ __align__(1024) char smem[];
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
-  char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN>;
+  char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN> + kPublishedBytes;
   using Main = Mainloop<G, MA, MB, kGatherA, kBM, kBN>;
   if constexpr (!kOverlap) {
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {

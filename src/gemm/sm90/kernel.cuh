@@ -52,6 +52,7 @@
 
 #include <cstdint>
 
+#include "arch/sm80.cuh"
 #include "arch/sm90.cuh"
 #include "gemm/common/epilogues.cuh"
 #include "gemm/common/operand.cuh"
@@ -420,7 +421,7 @@ struct Kernel {
                         : c.tile.k_first + kr;
           row = op.ptr + c.tile.expert * op.expert_stride + stored * op.ld;
         }
-        hw::sts_u64(buffer + (o * kChunkRows + r) * 8, reinterpret_cast<uint64_t>(row));
+        arch::sts_u64(buffer + (o * kChunkRows + r) * 8, reinterpret_cast<uint64_t>(row));
       }
     }
   }
@@ -440,7 +441,7 @@ struct Kernel {
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
       const int idx = (threadIdx.x >> 3) + 16 * i;
-      row[i] = reinterpret_cast<const bf16_t*>(hw::lds_u64(rows + idx / kBlocks * 8));
+      row[i] = reinterpret_cast<const bf16_t*>(arch::lds_u64(rows + idx / kBlocks * 8));
     }
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
