@@ -63,7 +63,7 @@ struct Buffers {
   DevTensor logits, scores, ids, counts, expert_offsets, token_offsets, sorted_token, sorted_pair,
       pair_position, tile_offsets, expert_order;
   DevTensor x, dout, w1, b1, w2, b2, out, dx, dw1, dw2, dscores;
-  DevTensor h, a, y, dh, ap, ds_part, dxt;
+  DevTensor h, a, y, dh, ap, ds_part, pos_scores, dxt;
   std::unique_ptr<Buffer> routing_ws;
 
   Buffers(const Problem& p, Device dev, int64_t ds_cols, size_t routing_ws_bytes) {
@@ -98,6 +98,7 @@ struct Buffers {
 
     h = make(dev, DType::BF16, {N, R});
     a = make(dev, DType::BF16, {N, n});
+    pos_scores = make(dev, DType::F32, {N});
     y = make(dev, DType::BF16, {N, d});
     dh = make(dev, DType::BF16, {N, R});
     ap = make(dev, DType::BF16, {N, n});
@@ -276,6 +277,8 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   bf16_t *h = ptr<bf16_t>(B.h), *a = ptr<bf16_t>(B.a), *y = ptr<bf16_t>(B.y),
          *dh = ptr<bf16_t>(B.dh), *ap = ptr<bf16_t>(B.ap), *dxt = ptr<bf16_t>(B.dxt);
   float* ds_part = ptr<float>(B.ds_part);
+  float* pos_scores = ptr<float>(B.pos_scores);
+  const auto* spair = ptr<const int32_t>(B.sorted_pair);
 
   // FLOPs: 2 per multiply-add of each product, padding rows of the grouped
   // tiles not counted. The dense references take the layer's own buffers as
@@ -291,6 +294,7 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   //   aggregate fwd      N*d*2 (Y) + N*4 (scores) + N*4 (pair_position)
   //                      + (T+1)*4 (token_offsets) + T*d*2 (out)
   //   aggregate bwd      the same without the scores (dX~ in, dX out)
+  //   scores_by_position N*4 (sorted_pair) + N*4 (scores) + N*4 (out)
   //   reduce_dscores     N*n_tiles*4 (dS partials) + N*4 (pair_position)
   //                      + N*4 (dscores); with b2 also T*d*2 (dO), E*d*2 (b2),
   //                      N*4 (sorted_token), (E+1)*4 (expert_offsets)
@@ -319,7 +323,10 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
                                              s);
                    },
                    0, agg_bytes + Nd * 4, std::nullopt});
-  cases.push_back({"dh", [&] { engine.dh(L, r, W, dout, h, scores, dh, ap, ds_part, s); },
+  cases.push_back({"scores_by_position",
+                   [&] { kernels::scores_by_position(scores, spair, N, pos_scores, s); }, 0,
+                   Nd * 12, std::nullopt});
+  cases.push_back({"dh", [&] { engine.dh(L, r, W, dout, h, pos_scores, dh, ap, ds_part, s); },
                    2.0 * Nd * dd * double(n), 0, Dense{N, n, d, false, true, y, W.w2, ap}});
   cases.push_back({"reduce_dscores",
                    [&] {

@@ -57,7 +57,8 @@ class Engine {
   virtual void down_proj(const LayerDims&, const RoutingPtrs&, const Weights&, const bf16_t* a,
                          bf16_t* y, cudaStream_t) = 0;
   // dA' = dO[gather] W2_e in registers; writes dH, A' = s A and dS partials
-  // [N][ceil(n / dh_n_tile())].
+  // [N][ceil(n / dh_n_tile())]. scores: [N], in position order
+  // (kernels::scores_by_position).
   virtual void dh(const LayerDims&, const RoutingPtrs&, const Weights&, const bf16_t* dout,
                   const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
                   cudaStream_t) = 0;

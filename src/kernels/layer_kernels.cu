@@ -53,6 +53,16 @@ __global__ void experts_by_load_kernel(const int32_t* __restrict__ offsets, int 
   order[rank] = e;
 }
 
+__global__ void scores_by_position_kernel(const float* __restrict__ scores,
+                                          const int32_t* __restrict__ sorted_pair,
+                                          int64_t num_pairs, float* __restrict__ out) {
+  for (int64_t p = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; p < num_pairs;
+       p += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t pair = min(max(int64_t{sorted_pair[p]}, int64_t{0}), num_pairs - 1);
+    out[p] = scores[pair];
+  }
+}
+
 // One CTA per token; each thread owns 8 consecutive columns (one 16-byte
 // vector) per step. The token's pairs are first compacted, in order, into
 // shared memory (position, weight) kAggThreads at a time: dropped pairs
@@ -234,6 +244,16 @@ void experts_by_load(const int32_t* expert_offsets, int64_t num_experts, int32_t
   experts_by_load_kernel<<<blocks, kThreads, 0, stream>>>(expert_offsets,
                                                           static_cast<int>(num_experts), order);
   check_launch("experts_by_load");
+}
+
+void scores_by_position(const float* scores, const int32_t* sorted_pair, int64_t num_pairs,
+                        float* out, cudaStream_t stream) {
+  if (num_pairs <= 0) return;
+  constexpr int kThreads = 256;
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((num_pairs + kThreads - 1) / kThreads, 4096));
+  scores_by_position_kernel<<<blocks, kThreads, 0, stream>>>(scores, sorted_pair, num_pairs, out);
+  check_launch("scores_by_position");
 }
 
 void aggregate_rows(const bf16_t* src, const float* scores, const int32_t* token_offsets,

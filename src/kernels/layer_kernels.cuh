@@ -27,6 +27,12 @@ void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile
 void experts_by_load(const int32_t* expert_offsets, int64_t num_experts, int32_t* order,
                      cudaStream_t stream);
 
+// out[p] = scores[sorted_pair[p]] for each of the num_pairs positions (pair
+// ids clamped into range): the dH epilogue reads its rows' scores in
+// position order, one copy each.
+void scores_by_position(const float* scores, const int32_t* sorted_pair, int64_t num_pairs,
+                        float* out, cudaStream_t stream);
+
 // out[t] = sum over the token's pairs i of w_i * src[pair_position[i]], in
 // pair order with fp32 accumulation; w = scores, or 1 when scores is null.
 // Pairs with an invalid position (dropped by routing) contribute nothing.

@@ -56,6 +56,7 @@ struct BackwardBuffers {
   bf16_t* dh;
   bf16_t* ap;
   float* ds_part;
+  float* pos_scores;
   bf16_t* dxt;
 };
 BackwardBuffers carve_backward(WorkspaceCarver& w, const MoeProblem& p) {
@@ -68,6 +69,7 @@ BackwardBuffers carve_backward(WorkspaceCarver& w, const MoeProblem& p) {
   // Sized for the narrowest N tile any engine uses, so that the size query
   // does not depend on which engine a device will pick.
   b.ds_part = w.take<float>(p.num_pairs * ((p.intermediate + kMinDhNTile - 1) / kMinDhNTile));
+  b.pos_scores = w.take<float>(p.num_pairs);
   b.dxt = w.take<bf16_t>(p.num_pairs * p.hidden);
   return b;
 }
@@ -130,7 +132,8 @@ void backward(gemm::Engine& engine, const MoeBackwardArgs& a, const MoeProblem& 
   kernels::experts_by_load(eoff, p.num_experts, b.expert_order, st);
   const gemm::RoutingPtrs r = routing_ptrs(a.routing, b.tile_offsets, b.expert_order);
 
-  engine.dh(L, r, W, dout, ptr<const bf16_t>(a.h), scores, b.dh, b.ap, b.ds_part, st);
+  kernels::scores_by_position(scores, spair, p.num_pairs, b.pos_scores, st);
+  engine.dh(L, r, W, dout, ptr<const bf16_t>(a.h), b.pos_scores, b.dh, b.ap, b.ds_part, st);
   kernels::reduce_dscores(b.ds_part, static_cast<int>(dh_tiles(engine, p)), ppos, stok, eoff, dout,
                           W.b2, p.num_tokens, p.num_experts, p.num_pairs, p.hidden,
                           ptr<float>(a.dscores), st);

@@ -22,6 +22,15 @@
 //   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
 //                        over exactly them
 // Rows past the tile's valid rows and columns past N are never written.
+//
+// A policy has two steps, both run by the epilogue's threads:
+//   prefetch(p, s, t, f, smem)  before the tile's mainloop: cp.async copies
+//                        of what the epilogue will read (committed as groups
+//                        of their own; f's accumulator is not touched yet)
+//   apply(p, s, t, f, smem)     after it, on the accumulator
+// The engines issue the prefetch where its groups come before the
+// mainloop's own (the portable engine's stage groups), so that the
+// mainloop's waits only grow stricter.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -150,9 +159,15 @@ concept EpiloguePolicy = requires {
   { E::template smem_bytes<128, 256>() } -> std::convertible_to<int>;
 };
 
+// The policies that read nothing but the accumulator prefetch nothing.
+struct NoPrefetch {
+  template <int kBM, class P, class F>
+  __device__ static void prefetch(const P&, const Schedule&, const Tile&, F&, char*) {}
+};
+
 // out[row][col] = acc (+ bias[col]) as bf16. Grouping::M: row = position
 // (Y, dX~). Grouping::K: row = M index of expert e's matrix (dW1, dW2).
-struct StoreEpilogue {
+struct StoreEpilogue : NoPrefetch {
   struct Params {
     bf16_t* out;
     int64_t ld;
@@ -189,7 +204,7 @@ struct StoreEpilogue {
 // A = act(H) (temporary). Gated: the pair (col, col+1) is (gate_j, up_j)
 // with j = col / 2. A is computed from the fp32 values, H rounded to bf16.
 template <Activation Act>
-struct UpProjEpilogue {
+struct UpProjEpilogue : NoPrefetch {
   struct Params {
     bf16_t* h;           // [N][R] or null (inference)
     bf16_t* a;           // [N][n]
@@ -233,15 +248,19 @@ struct UpProjEpilogue {
 //   dA = s dA';  dH = act'(H) (.) dA;  A' = s A
 // dS partials are combined across column groups in shared memory in a fixed
 // order (bitwise reproducible), one value per (row, N tile).
+// The prefetch stages the tile's scores and copies H's first kAhead chunks
+// while the mainloop runs: staged at the epilogue's start, they cost two
+// dependent global loads and a third for H before any arithmetic, at every
+// tile. The scores come in position order (kernels::scores_by_position), so
+// that a row's score is one copy, not a load of its pair id and then another.
 template <Activation Act>
 struct DHEpilogue {
   struct Params {
-    const bf16_t* h;             // [N][R]
-    const float* scores;         // [N pairs], pair order
-    const int32_t* sorted_pair;  // position -> pair
-    bf16_t* dh;                  // [N][R]
-    bf16_t* ap;                  // [N][n]: s * A
-    float* ds_part;              // [N][n_tiles]
+    const bf16_t* h;      // [N][R]
+    const float* scores;  // [N]: the score of the pair at each position
+    bf16_t* dh;           // [N][R]
+    bf16_t* ap;           // [N][n]: s * A
+    float* ds_part;       // [N][n_tiles]
   };
   static constexpr int kMaxColGroups = 4;
   // H is loaded kAhead chunks before its use, by cp.async into a ring of
@@ -251,6 +270,7 @@ struct DHEpilogue {
   // read of what it overwrites.
   static constexpr int kAhead = 2, kRing = kAhead + 1;
   static constexpr int kVecs = is_gated(Act) ? 2 : 1;  // 16-byte H vectors per chunk
+  static constexpr int64_t kCols = is_gated(Act) ? 2 : 1;  // H columns per A column
   template <int kBM>
   static constexpr int ring_offset() {
     return kBM * (kMaxColGroups + 1) * static_cast<int>(sizeof(float));
@@ -259,45 +279,56 @@ struct DHEpilogue {
   static constexpr int smem_bytes() {
     return ring_offset<kBM>() + kRing * kVecs * kThreads * 16;
   }
+  // [kBM][kColGroups] dS partials, then [kBM] scores.
+  template <int kBM, class F>
+  __device__ static float* scores_smem(char* smem) {
+    return reinterpret_cast<float*>(smem) + kBM * F::kColGroups;
+  }
+  // Thread-private ring slot v of chunk k (conflict-free: by thread).
+  template <int kBM, class F>
+  __device__ static uint32_t slot_addr(char* smem, const F& f, int k, int v) {
+    static_assert(ring_offset<kBM>() % 16 == 0);
+    return arch::smem_addr(smem + ring_offset<kBM>()) +
+           (f.thread() + ((k % kRing) * kVecs + v) * F::kThreads) * 16;
+  }
+  // Chunk k's H: one cp.async group, empty past the last chunk.
+  template <int kBM, int k, class F>
+  __device__ static void load_h(const Params& p, const Schedule& s, const Tile& t, const F& f,
+                                char* smem) {
+    if constexpr (k < F::kChunks) {
+      const int r = f.template chunk_row<k>();
+      const int64_t col = t.n0 + f.template chunk_col<k>();
+      const bool ok = r < t.rows && col < s.N;
+      const bf16_t* hp = p.h + (t.m0 + (ok ? r : 0)) * (kCols * s.N) + kCols * (ok ? col : 0);
+#pragma unroll
+      for (int v = 0; v < kVecs; ++v)
+        arch::cp_async_16(slot_addr<kBM>(smem, f, k, v), hp + 8 * v, ok ? 16u : 0u);
+    }
+    arch::cp_async_commit();
+  }
+
+  // The scores join chunk 0's group.
+  template <int kBM, class F>
+  __device__ static void prefetch(const Params& p, const Schedule& s, const Tile& t, F& f,
+                                  char* smem) {
+    float* score = scores_smem<kBM, F>(smem);
+    for (int r = f.thread(); r < kBM; r += F::kThreads) {
+      const bool ok = r < t.rows && t.m0 + r < s.positions;  // clamped: corrupt metadata
+      arch::cp_async_4(arch::smem_addr(score + r), p.scores + (ok ? t.m0 + r : 0), ok ? 4u : 0u);
+    }
+    static_for<kAhead>([&](auto k) { load_h<kBM, decltype(k)::value>(p, s, t, f, smem); });
+  }
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f,
                                char* smem) {
     static_assert(F::kColGroups <= kMaxColGroups);
     const int64_t n = s.N;
-    constexpr int64_t kCols = is_gated(Act) ? 2 : 1;  // H columns per A column
     const int64_t R = kCols * n;
     float* part = reinterpret_cast<float*>(smem);  // [kBM][kColGroups]
-    float* score = part + kBM * F::kColGroups;     // [kBM], staged once per tile
-    for (int r = f.thread(); r < kBM; r += F::kThreads) {
-      // Clamped: corrupt metadata must not read out of bounds.
-      const int32_t pair = r < t.rows ? __ldg(p.sorted_pair + t.m0 + r) : 0;
-      score[r] = __ldg(p.scores + min(max(pair, 0), static_cast<int32_t>(s.positions - 1)));
-    }
-    f.sync();
-
-    // Each chunk's H is copied kAhead chunks before it is used. Loaded where
-    // it is used, every chunk waited for its own H: the compiler may not move
-    // a load above the previous chunk's dH and A' stores (they might alias).
-    static_assert(ring_offset<kBM>() % 16 == 0);
-    const uint32_t ring = arch::smem_addr(smem + ring_offset<kBM>()) + f.thread() * 16;
-    auto slot_addr = [&](int k, int v) {
-      return ring + ((k % kRing) * kVecs + v) * F::kThreads * 16;  // conflict-free: by thread
-    };
-    auto load_h = [&](auto k) {  // one cp.async group per chunk, empty past the last
-      constexpr int kk = decltype(k)::value;
-      if constexpr (kk < F::kChunks) {
-        const int r = f.template chunk_row<kk>();
-        const int64_t col = t.n0 + f.template chunk_col<kk>();
-        const bool ok = r < t.rows && col < n;
-        const bf16_t* hp = p.h + (t.m0 + (ok ? r : 0)) * R + kCols * (ok ? col : 0);
-#pragma unroll
-        for (int v = 0; v < kVecs; ++v)
-          arch::cp_async_16(slot_addr(kk, v), hp + 8 * v, ok ? 16u : 0u);
-      }
-      arch::cp_async_commit();
-    };
-    static_for<kAhead>(load_h);
+    const float* score = scores_smem<kBM, F>(smem);
+    arch::cp_async_wait<kAhead - 1>();  // chunk 0's group, with this thread's scores
+    f.sync();                           // ... and every other thread's
 
     float ds[F::kSlots] = {};
     f.for_each_chunk8([&](auto k, int slot, int r, int c, float(&d)[8]) {
@@ -305,8 +336,8 @@ struct DHEpilogue {
       arch::cp_async_wait<kAhead - 1>();  // chunk kk's group has landed
       uint4 hv[kVecs];
 #pragma unroll
-      for (int v = 0; v < kVecs; ++v) hv[v] = arch::lds_128(slot_addr(kk, v));
-      load_h(std::integral_constant<int, kk + kAhead>{});
+      for (int v = 0; v < kVecs; ++v) hv[v] = arch::lds_128(slot_addr<kBM>(smem, f, kk, v));
+      load_h<kBM, kk + kAhead>(p, s, t, f, smem);
       const int64_t col = t.n0 + c;
       if (r >= t.rows || col >= n) return;  // n is a multiple of 8: whole chunks
       const int64_t row = t.m0 + r;

@@ -160,7 +160,7 @@ class PortableEngine final : public Engine {
     act::dispatch(L.act, [&]<Activation A>() {
       using Epi = DHEpilogue<A>;
       launch<Grouping::M, Major::K, Major::MN, true, Epi, kDhTiling>(
-          "dh", g, {h, scores, r.sorted_pair, dh, ap, ds_part},
+          "dh", g, {h, scores, dh, ap, ds_part},
           grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
     });
   }

@@ -35,8 +35,13 @@
 // - The epilogue (common/epilogues.cuh, through FragView) reads the fp32
 //   accumulators in registers and may use its own shared-memory region
 //   (after the stages and the published addresses), never the stages. Its
-//   own cp.async groups (dH's H ring) come after the prologue's, so its
-//   waits also wait for those.
+//   prefetch (dH: the scores and the first H chunks) is requested before
+//   the tile's prologue, so the K loop's first wait covers it; with
+//   kOverlap, the next tile's prefetch can only follow this tile's epilogue
+//   (its shared memory is in use until then), behind the next prologue,
+//   which makes that K loop's first waits wait for it too: correct, and no
+//   prefetching epilogue runs with kOverlap. The epilogue's own groups (dH's
+//   H ring) come after the prologue's, so its waits also wait for those.
 #pragma once
 
 #include <cstdint>
@@ -295,8 +300,10 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
       Accum<kBM, kBN> acc;
-      Main::template run<true>(args, t, smem, acc);
       FragView<kBM, kBN> frag{{}, acc};
+      // Its groups precede the prologue's: the mainloop's waits cover them.
+      Epi::template prefetch<kBM>(ep, args.schedule, t, frag, epi_smem);
+      Main::template run<true>(args, t, smem, acc);
       Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
       __syncthreads();  // before the next prologue overwrites the stages
     }
@@ -304,6 +311,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
     int id = tile_of(0);
     if (id >= total) return;
     Tile t = sched.at(id);
+    {  // the epilogue's prefetch before the prologue (contract above)
+      Accum<kBM, kBN> none;
+      FragView<kBM, kBN> f{{}, none};
+      Epi::template prefetch<kBM>(ep, args.schedule, t, f, epi_smem);
+    }
     Main::prologue(args, t, smem);
     for (int k = 1;; ++k) {
       Accum<kBM, kBN> acc;
@@ -318,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
       FragView<kBM, kBN> frag{{}, acc};
       Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
       if (id >= total) return;
+      Epi::template prefetch<kBM>(ep, args.schedule, next, frag, epi_smem);
       t = next;
     }
   }

@@ -184,7 +184,7 @@ class HopperEngine final : public Engine {
       const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
       act::dispatch(L.act, [&]<Activation A>() {
         launch_m<S, S.cluster, Major::K, Src::Copy, Major::MN, DHEpilogue<A>>(
-            "dh", L, g, kNoMap, mb, {h, scores, r.sorted_pair, dh, ap, ds_part}, st);
+            "dh", L, g, kNoMap, mb, {h, scores, dh, ap, ds_part}, st);
       });
     });
   }

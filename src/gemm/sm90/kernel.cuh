@@ -549,6 +549,8 @@ struct Kernel {
     const int wg = (threadIdx.x - 128) >> 7;
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kSub][kBN / 2];
+    FragView<kBN, kSub, kPingPong> frag{{}, acc};
+    char* const epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
       const Tile t = sched.at(id);
@@ -557,6 +559,9 @@ struct Kernel {
         it += ktiles;
         continue;
       }
+      // Consumers issue no cp.async of their own in the mainloop: the
+      // epilogue's prefetch groups are the only ones they wait for.
+      Epi::template prefetch<kTileM>(ep, g.schedule, t, frag, epi);
       if (kPingPong && k > 0) hw::named_sync(order_barrier(wg), 256);
 #pragma unroll
       for (int i = 0; i < kSub; ++i)
@@ -587,8 +592,6 @@ struct Kernel {
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
-      FragView<kBN, kSub, kPingPong> frag{{}, acc};
-      char* epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
       Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
   }
