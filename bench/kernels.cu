@@ -220,7 +220,8 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   gemm::Engine& engine = gemm::engine_for_device(device);
 
   const int64_t T = p.T, d = p.H, n = p.I, E = p.E, K = p.K, R = p.R(), N = p.pairs();
-  const int n_tiles = static_cast<int>((n + engine.dh_n_tile() - 1) / engine.dh_n_tile());
+  const int dh_tile = engine.dh_n_tile(gemm::LayerDims{T, d, n, E, N, p.act});
+  const int n_tiles = static_cast<int>((n + dh_tile - 1) / dh_tile);
   // The dS partials as gpu_layer.cpp sizes them: for the narrowest N tile an
   // engine may use (64), at least the n_tiles columns this engine writes.
   const int64_t ds_cols = (n + kMinDhNTile - 1) / kMinDhNTile;

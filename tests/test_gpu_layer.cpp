@@ -219,13 +219,19 @@ TEST(GpuLayer, LongTokensAndDroppedPairs) {
 
 // Weights of at least 4M elements per expert and product: the portable
 // engine's up-projection, down-projection and dX~ switch to 128 x 256 tiles
-// there (engine_sm80.cu, by_weight_size), which smaller shapes never reach.
+// there (engine_sm80.cu, by_weight_size), which smaller shapes never reach;
+// so does dH from d = 2048 on (dh_narrow), gated and not (the dH epilogue
+// differs).
 TEST(GpuLayer, LargeExpertWeights) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;
   s.T = 40, s.d = 4096, s.n = 1024, s.E = 2, s.K = 1, s.act = Activation::ReLU, s.bias = true;
   const Case c = make_case(s);
   expect_empty_experts_zero(c, check_case(c));
+  CaseSpec g;
+  g.T = 40, g.d = 2048, g.n = 2048, g.E = 2, g.K = 1, g.act = Activation::SwiGLU;
+  const Case cg = make_case(g);
+  expect_empty_experts_zero(cg, check_case(cg));
 }
 
 // More tiles than a GPU has SMs in every grouped-M product (16384 pairs on

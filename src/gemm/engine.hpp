@@ -48,7 +48,7 @@ class Engine {
   virtual int m_tile() const = 0;
   // Columns per N tile of the dH product (the dS partials per row); at least
   // 64, which the workspace is sized for.
-  virtual int dh_n_tile() const = 0;
+  virtual int dh_n_tile(const LayerDims&) const = 0;
 
   // H = X[gather] W1_e^T + b1 (kept when h != null), A = act(H).
   virtual void up_proj(const LayerDims&, const RoutingPtrs&, const Weights&, const bf16_t* x,

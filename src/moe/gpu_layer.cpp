@@ -34,7 +34,8 @@ gemm::LayerDims dims_of(const MoeProblem& p) {
 constexpr int64_t kMinDhNTile = 64;
 
 int64_t dh_tiles(const gemm::Engine& e, const MoeProblem& p) {
-  return (p.intermediate + e.dh_n_tile() - 1) / e.dh_n_tile();
+  const int tile = e.dh_n_tile(dims_of(p));
+  return (p.intermediate + tile - 1) / tile;
 }
 
 struct ForwardBuffers {

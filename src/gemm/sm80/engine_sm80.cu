@@ -3,7 +3,7 @@
 // Instantiations (kept explicit so compile time stays visible):
 //   up_proj   M  A=X[gather] K   B=W1_e K   UpProjEpilogue<act> x 7
 //   down_proj M  A=A         K   B=W2_e K   StoreEpilogue
-//   dh        M  A=dO[gather] K  B=W2_e MN  DHEpilogue<act> x 7
+//   dh        M  A=dO[gather] K  B=W2_e MN  DHEpilogue<act> x 7 x 2 tilings
 //   dx_tilde  M  A=dH        K   B=W1_e MN  StoreEpilogue
 //   dw2       K  A=dO[gather] MN B=A'   MN  StoreEpilogue  (128 x 256)
 //   dw1       K  A=dH        MN  B=X[gather] MN StoreEpilogue  (256 x 128)
@@ -47,11 +47,17 @@ struct Tiling {
 //                     roles of M and N swapped (grouped-K products only).
 // The grid is what the occupancy query allows: more stages than two CTAs'
 // shared memory holds make a min_ctas = 2 kernel run one CTA per SM.
-// dH and the dW products were faster at 128 x 256 than at 128 x 128 on every
-// canonical shape (H200: dW2 20-45%, dW1 4-14%, dH 4-11%); dH then has one
-// N tile per 256 intermediate columns (dh_n_tile). The other grouped-M
-// products pick per call (by_weight_size below): two CTAs of 128 x 128 won
-// where the expert's weight matrix is small.
+// The dW products were faster at 128 x 256 than at 128 x 128 on every
+// canonical shape (H200: dW2 20-45%, dW1 4-14%, and dH 4-11% at one CTA per
+// SM). The grouped-M products pick per call (by_weight_size, dh_narrow
+// below): two CTAs of 128 x 128 won where the expert's weight matrix is
+// small. dH runs so where its reduction (d) is short, on 2 stages, so that
+// two CTAs with the H ring fit an SM: one CTA's epilogue (its dH and A'
+// stores: docs/NOTES.md) then runs under the other's mainloop. H200, two
+// passes, 128 x 256 -> two 128 x 128: 7-12% faster at d = 768 and 1536
+// (1.4b-*, 7b-*: 7b-n1024 0.68-0.69 -> 0.59-0.63 ms), 1-12% slower at
+// d = 2048 and 2304 (olmoe-7b, qwen3next-80b, kimi-48b), equal or 5%
+// slower at d = 4096.
 // Each stage copies the gathered operand (X or dO rows by token) 16 bytes
 // per thread and row, with its index load: it belongs on the tile's narrow
 // side (docs/NOTES.md, on the Hopper engine). dW1 gathers B (X), so it runs
@@ -69,6 +75,7 @@ constexpr Tiling kNarrowTiling   {128,    128,    3,      2,       true};
 constexpr Tiling kNarrowLongK    {128,    128,    3,      2,       false};
 constexpr Tiling kWideTiling     {128,    256,    4,      1,       false};
 constexpr Tiling kDhTiling       {128,    256,    4,      1,       false};
+constexpr Tiling kDhNarrow       {128,    128,    2,      2,       false};
 constexpr Tiling kDw2Tiling      {128,    256,    4,      1,       false};
 constexpr Tiling kDw1Tiling      {256,    128,    4,      1,       false};
 
@@ -87,6 +94,28 @@ void by_weight_size(int64_t N, int64_t K, Fn&& fn) {
   else fn.template operator()<kNarrowTiling>();
 }
 
+// One CTA's dynamic shared memory: the stages, the loaders' published
+// addresses, then the epilogue's region.
+template <Tiling C, class Epi>
+constexpr int smem_bytes(int stages = C.stages) {
+  return stages * kStageBytes<C.bm, C.bn> + kPublishedBytes +
+         Epi::template smem_bytes<C.bm, sm80::kThreads>();
+}
+
+// dH on two CTAs of 128 x 128 per SM where d is at most kDhNarrowMaxK and
+// the device's shared memory holds two of them (not an A100's 164 KiB).
+constexpr int64_t kDhNarrowMaxK = 1536;
+bool dh_narrow(const LayerDims& L) {
+  if (L.d > kDhNarrowMaxK) return false;
+  return cuda::per_device<bool>([](int dev) {
+    int per_sm = 0;
+    cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+    // Gated (the larger H ring), plus the 1 KiB the runtime keeps per CTA.
+    constexpr int kBytes = smem_bytes<kDhNarrow, DHEpilogue<Activation::SwiGLU>>() + 1024;
+    return per_sm >= 2 * kBytes;
+  });
+}
+
 template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
 void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
@@ -94,11 +123,7 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
   static_assert(G == Grouping::K || C.bm == kGroupedMTile,
                 "grouped-M tiles are counted in kGroupedMTile rows (Engine::m_tile)");
   auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas, C.overlap>;
-  constexpr int stage_bytes = kStageBytes<C.bm, C.bn>;
-  // The epilogue's shared memory comes after the loaders' published addresses.
-  constexpr int epi_bytes = kPublishedBytes + Epi::template smem_bytes<C.bm, sm80::kThreads>();
-  static_assert(C.stages * stage_bytes + epi_bytes <= 227 * 1024,
-                "shared memory budget of one CTA (H100)");
+  static_assert(smem_bytes<C, Epi>() <= 227 * 1024, "shared memory budget of one CTA (H100)");
   // Per instantiation, once per device (the first call pays for it): the
   // stages the device's shared memory per block holds, the dynamic
   // shared-memory limit, and the occupancy.
@@ -109,8 +134,8 @@ void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int
     int optin = 0;
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
     Config c{C.stages, 0, 0};
-    while (c.stages > 2 && c.stages * stage_bytes + epi_bytes > optin) --c.stages;
-    c.smem = c.stages * stage_bytes + epi_bytes;
+    while (c.stages > 2 && smem_bytes<C, Epi>(c.stages) > optin) --c.stages;
+    c.smem = smem_bytes<C, Epi>(c.stages);
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem);
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, kernel, kThreads, c.smem);
     c.blocks_per_sm = std::max(c.blocks_per_sm, 1);
@@ -127,7 +152,9 @@ class PortableEngine final : public Engine {
  public:
   const char* name() const override { return "portable-sm80"; }
   int m_tile() const override { return kGroupedMTile; }
-  int dh_n_tile() const override { return kDhTiling.bn; }
+  int dh_n_tile(const LayerDims& L) const override {
+    return dh_narrow(L) ? kDhNarrow.bn : kDhTiling.bn;
+  }
 
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
@@ -155,14 +182,17 @@ class PortableEngine final : public Engine {
   void dh(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dout,
           const bf16_t* h, const float* scores, bf16_t* dh, bf16_t* ap, float* ds_part,
           cudaStream_t st) override {
-    GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), weights_of(w.w2, L.n, L.d * L.n),
-               grouped_m_schedule(L, r, L.n, L.d, kDhTiling.bn)};
-    act::dispatch(L.act, [&]<Activation A>() {
-      using Epi = DHEpilogue<A>;
-      launch<Grouping::M, Major::K, Major::MN, true, Epi, kDhTiling>(
-          "dh", g, {h, scores, dh, ap, ds_part},
-          grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
-    });
+    auto run = [&]<Tiling C>() {
+      GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), weights_of(w.w2, L.n, L.d * L.n),
+                 grouped_m_schedule(L, r, L.n, L.d, C.bn)};
+      act::dispatch(L.act, [&]<Activation A>() {
+        launch<Grouping::M, Major::K, Major::MN, true, DHEpilogue<A>, C>(
+            "dh", g, {h, scores, dh, ap, ds_part},
+            grouped_m_tiles(L, g.schedule, kGroupedMTile), st);
+      });
+    };
+    if (dh_narrow(L)) run.template operator()<kDhNarrow>();
+    else run.template operator()<kDhTiling>();
   }
 
   void dx_tilde(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* dh,

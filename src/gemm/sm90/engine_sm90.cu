@@ -143,7 +143,7 @@ class HopperEngine final : public Engine {
  public:
   const char* name() const override { return "hopper-sm90a"; }
   int m_tile() const override { return kBM; }
-  int dh_n_tile() const override {
+  int dh_n_tile(const LayerDims&) const override {
     return ping_pong_requested() ? kPingPong.bn : kCooperative.bn;
   }
 
