@@ -28,9 +28,9 @@
 //                        of what the epilogue will read (committed as groups
 //                        of their own; f's accumulator is not touched yet)
 //   apply(p, s, t, f, smem)     after it, on the accumulator
-// The engines issue the prefetch where its groups come before the
-// mainloop's own (the portable engine's stage groups), so that the
-// mainloop's waits only grow stricter.
+// Where the mainloop waits on cp.async groups of its own (the portable
+// engine's stages), the prefetch's groups come before them or, where they
+// cannot, only make those waits stricter (sm80/kernel.cuh, the contract).
 #pragma once
 
 #include <cuda_bf16.h>
