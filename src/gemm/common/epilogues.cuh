@@ -29,8 +29,8 @@
 //                        of their own; f's accumulator is not touched yet)
 //   apply(p, s, t, f, smem)     after it, on the accumulator
 // Where the mainloop waits on cp.async groups of its own (the portable
-// engine's stages), the prefetch's groups come before them or, where they
-// cannot, only make those waits stricter (sm80/kernel.cuh, the contract).
+// engine's stages), the prefetch's groups come before them (sm80/kernel.cuh,
+// the contract).
 #pragma once
 
 #include <cuda_bf16.h>

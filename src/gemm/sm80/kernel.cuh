@@ -36,15 +36,15 @@
 //   accumulators in registers and may use its own shared-memory region
 //   (after the stages and the published addresses), never the stages. Its
 //   prefetch (dH: the scores and the first H chunks) is requested before
-//   the tile's prologue, so the K loop's first wait covers it; with
-//   kOverlap, the next tile's prefetch can only follow this tile's epilogue
-//   (its shared memory is in use until then), behind the next prologue,
-//   which makes that K loop's first waits wait for it too: correct, and no
-//   prefetching epilogue runs with kOverlap. The epilogue's own groups (dH's
-//   H ring) come after the prologue's, so its waits also wait for those.
+//   the tile's prologue, so the K loop's first wait covers it. With
+//   kOverlap the next prologue would come first (the epilogue's shared
+//   memory is in use until it ends), so only epilogues that prefetch
+//   nothing run with kOverlap. The epilogue's own groups (dH's H ring) come
+//   after the prologue's, so its waits also wait for those.
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "arch/sm80.cuh"
 #include "gemm/common/epilogues.cuh"
@@ -296,6 +296,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   const int total = sched.total();
   char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN> + kPublishedBytes;
   using Main = Mainloop<G, MA, MB, kGatherA, kBM, kBN>;
+  static_assert(!kOverlap || std::is_base_of_v<NoPrefetch, Epi>,
+                "an epilogue's prefetch must precede its tile's prologue (contract above)");
   if constexpr (!kOverlap) {
     for (int k = 0, id = tile_of(0); id < total; id = tile_of(++k)) {
       const Tile t = sched.at(id);
@@ -311,11 +313,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
     int id = tile_of(0);
     if (id >= total) return;
     Tile t = sched.at(id);
-    {  // the epilogue's prefetch before the prologue (contract above)
-      Accum<kBM, kBN> none;
-      FragView<kBM, kBN> f{{}, none};
-      Epi::template prefetch<kBM>(ep, args.schedule, t, f, epi_smem);
-    }
     Main::prologue(args, t, smem);
     for (int k = 1;; ++k) {
       Accum<kBM, kBN> acc;
@@ -330,7 +327,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
       FragView<kBM, kBN> frag{{}, acc};
       Epi::template apply<kBM, kBN>(ep, args.schedule, t, frag, epi_smem);
       if (id >= total) return;
-      Epi::template prefetch<kBM>(ep, args.schedule, next, frag, epi_smem);
       t = next;
     }
   }
