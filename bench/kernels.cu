@@ -353,6 +353,13 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   progress(tag, std::to_string(cases.size()) + " kernels, each " + std::to_string(st.warmup) +
                     " warm-up + " + std::to_string(st.iters) +
                     " timed runs (median), L2 flushed before each run");
+  if (st.heat_ms > 0) {
+    progress(tag, "heat: the whole list for " + std::to_string(int(st.heat_ms)) +
+                      " ms of device time (the clock under sustained load)");
+    heat(s, st.heat_ms, [&] {
+      for (const Case& c : cases) c.run();
+    });
+  }
   std::vector<KernelResult> results;
   for (const Case& c : cases) {
     KernelResult k;

@@ -104,6 +104,7 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--config") o.configs = parse_config_names(value());
     else if (flag == "--warmup") o.warmup = static_cast<int>(parse_int(flag, value(), 0, 100000));
     else if (flag == "--iters") o.iters = static_cast<int>(parse_int(flag, value(), 1, 100000));
+    else if (flag == "--heat-ms") o.heat_ms = parse_number(flag, value(), true);
     else if (flag == "--seed") o.seed = static_cast<uint64_t>(parse_int(flag, value(), 0, INT64_MAX));
     else if (flag == "--tol") o.tol = parse_number(flag, value(), false);
     else if (flag == "--expert-bias-std") o.expert_bias_std = parse_number(flag, value(), true);
@@ -225,6 +226,11 @@ Run
                      else cpu) | cpu | cuda
   --warmup N         untimed runs before timing (default 5)
   --iters N          timed runs; the median is reported (default 20)
+  --heat-ms X        GPU: before each timed phase (forward, the dense reference,
+                     and once before --kernels' list) run it untimed for X ms
+                     of device time, so that timing starts at the clock the
+                     GPU holds under sustained load, not at its idle boost
+                     (default 2000; 0: no heating)
   --check C          full | sampled | none. Default: full when T*K*H*I <= 2^27,
                      else sampled (16 tokens' rows and 2 experts' gradients)
   --tol X            max relative error a tensor may have (default 2e-2)

@@ -27,6 +27,7 @@ struct Options {
   DeviceChoice device = DeviceChoice::Auto;
   int warmup = 5;
   int iters = 20;
+  double heat_ms = 2000;  // GPU: sustained load before each timed phase
   std::optional<CheckMode> check;  // unset: full for small shapes, sampled otherwise
   double tol = 2e-2;
   uint64_t seed = 1;

@@ -189,6 +189,7 @@ double dense_reference_ms(const Problem& p, const RunSettings& st, cudaStream_t 
                               CUBLAS_GEMM_DEFAULT));
   };
   for (int i = 0; i < st.warmup; ++i) gemms();
+  heat(s, st.heat_ms, gemms);  // timed in the same clock state as the layer
   return median(time_runs(st.iters, s, gemms));
 }
 
@@ -228,6 +229,14 @@ RunResult run_gpu(const Problem& p, const RunSettings& st) {
       L.backward(s);
     }
     CUDA_CHECK(cudaStreamSynchronize(stream.s));
+    if (st.heat_ms > 0) {
+      progress(tag, "heat: forward + backward for " + std::to_string(int(st.heat_ms)) +
+                        " ms of device time (the clock under sustained load)");
+      heat(stream.s, st.heat_ms, [&] {
+        L.forward(s);
+        L.backward(s);
+      });
+    }
     progress(tag, "forward timing: " + std::to_string(st.iters) + " runs, CUDA events");
     r.fwd_ms = median(time_runs(st.iters, stream.s, [&] { L.forward(s); }));
     progress(tag, "backward timing: " + std::to_string(st.iters) + " runs, CUDA events");

@@ -18,6 +18,7 @@ struct RunSettings {
   int warmup = 5;
   int iters = 20;
   double tol = 2e-2;
+  double heat_ms = 0;  // GPU: sustained load before each timed phase (gpu_util.cuh's heat)
 };
 
 // Throws sonicmoe::Error from the library and std::runtime_error for
