@@ -10,7 +10,7 @@ for engine in $engines; do
   SONICMOE_ENGINE=$engine timeout 280 ncu --clock-control none -k regex:grouped_gemm \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
     --section Occupancy --section LaunchStats \
-    .dev/sonicmoe-bench --kernels --config "$config" --warmup 1 --iters 1 \
+    .dev/sonicmoe-bench --kernels --config "$config" --heat-ms 0 --warmup 1 --iters 1 \
     > "$out/ncu-$engine.txt" 2>&1
   echo "== $engine rc=$?"
   grep -E "grouped_gemm_kernel|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Hit Rate|L1/TEX Hit|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Stall|Block Limit Registers" \

@@ -8,7 +8,7 @@ out=${OUT:-/tmp}
 tag=$(echo "$*" | tr -c 'a-zA-Z0-9-' '_')
 SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper} timeout 200 ncu --clock-control none \
   --metrics gpu__time_duration.sum --csv \
-  .dev/sonicmoe-bench "$@" --warmup 0 --iters 1 --check none \
+  .dev/sonicmoe-bench "$@" --heat-ms 0 --warmup 0 --iters 1 --check none \
   > "$out/profile-$tag.csv" 2> "$out/profile-$tag.err"
 echo "== $* rc=$?"
 # "ID","PID","Process","Host","Kernel Name",...,"Metric Value" -> name (cut) and us
