@@ -63,13 +63,14 @@ struct EventPair {
 };
 
 // Sustained load before timing. The GPUs we measure on run under a
-// software power cap: after an idle spell they clock at boost for a while,
-// and settle lower once the cap's power average has caught up with the load
-// (docs/NOTES.md). A timing that starts cold mixes the two states, so the
-// first heavy kernel of a process read up to 12% faster than the same
-// kernel timed after others. `heat` runs `f` back to back until `ms` of
-// device time have passed (0: not at all), so that what is timed next runs
-// in the state a training loop runs in. Returns the device time spent.
+// software power cap: after an idle spell they clock at boost, and within a
+// fraction of a second of load the cap takes the clock down (H200: 1.98 ->
+// ~1.45 GHz; docs/NOTES.md). Work timed in the first tens of ms after idle
+// reads faster than the same work timed later: up to 20% for a short dense
+// reference, 17% for the first product of --kernels. `heat` runs `f` back
+// to back until `ms` of device time have passed (0: not at all), so that
+// what is timed next runs in the state a training loop runs in. Returns the
+// device time spent.
 template <class F>
 double heat(cudaStream_t s, double ms, F&& f) {
   if (ms <= 0) return 0;

@@ -189,7 +189,7 @@ double dense_reference_ms(const Problem& p, const RunSettings& st, cudaStream_t 
                               CUBLAS_GEMM_DEFAULT));
   };
   for (int i = 0; i < st.warmup; ++i) gemms();
-  heat(s, st.heat_ms, gemms);  // timed in the same clock state as the layer
+  heat(s, st.heat_ms, gemms);  // at its own sustained-load clock, as the layer is
   return median(time_runs(st.iters, s, gemms));
 }
 
