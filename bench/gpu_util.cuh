@@ -69,11 +69,10 @@ struct EventPair {
 // reads faster than the same work timed later: up to 20% for a short dense
 // reference, 17% for the first product of --kernels. `heat` runs `f` back
 // to back until `ms` of device time have passed (0: not at all), so that
-// what is timed next runs in the state a training loop runs in. Returns the
-// device time spent.
+// what is timed next runs in the state a training loop runs in.
 template <class F>
-double heat(cudaStream_t s, double ms, F&& f) {
-  if (ms <= 0) return 0;
+void heat(cudaStream_t s, double ms, F&& f) {
+  if (ms <= 0) return;
   EventPair ev;
   double done = 0;
   int batch = 1;
@@ -90,7 +89,6 @@ double heat(cudaStream_t s, double ms, F&& f) {
     done += v;
     if (v < 25.0f && batch < (1 << 12)) batch *= 2;
   }
-  return done;
 }
 
 // Blocks for a grid-stride loop over n elements: at most 32 per SM of
