@@ -187,6 +187,7 @@ struct Case {
   double flops = 0;
   double bytes = 0;
   std::optional<Dense> dense;
+  std::vector<size_t> parts = {};  // a sequence: the cases it runs, in order
 };
 
 std::optional<double> paper_target(const Problem& p, const std::string& kernel) {
@@ -350,6 +351,27 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
                    },
                    0, agg_bytes, std::nullopt});
 
+  // The layer's kernels back to back, as a forward or backward runs them
+  // (tile_offsets and experts_by_load aside), timed like one kernel: set
+  // against the sum of the parts' own medians, it shows what running them in
+  // sequence costs or saves (each product's tail, a warm L2, the clock).
+  const size_t parts_end = cases.size();
+  auto sequence = [&](const char* name, size_t first, size_t last) {
+    Case c{name, {}, 0, 0, std::nullopt};
+    std::vector<std::function<void()>> runs;
+    for (size_t i = first; i <= last; ++i) {
+      runs.push_back(cases[i].run);
+      c.flops += cases[i].flops;
+      c.parts.push_back(i);
+    }
+    c.run = [runs] {
+      for (const auto& r : runs) r();
+    };
+    cases.push_back(std::move(c));
+  };
+  sequence("forward_sequence", 0, 4);              // router_forward .. aggregate_rows_fwd
+  sequence("backward_sequence", 5, parts_end - 1);  // scores_by_position .. aggregate_rows_bwd
+
   progress(tag, std::to_string(cases.size()) + " kernels, each " + std::to_string(st.warmup) +
                     " warm-up + " + std::to_string(st.iters) +
                     " timed runs (median), L2 flushed before each run");
@@ -392,6 +414,13 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
       std::snprintf(buf, sizeof buf, "%-19s %9.1f us  %7.1f GB/s", c.name.c_str(), k.ms * 1e3,
                     k.gbps.value_or(0.0));
     progress(tag, buf);
+    if (!c.parts.empty()) {
+      double sum = 0;
+      for (size_t i : c.parts) sum += results[i].ms;
+      std::snprintf(buf, sizeof buf, "%-19s %9.4f ms  the sum of its parts' medians (x%.3f)",
+                    c.name.c_str(), sum, k.ms / sum);
+      progress(tag, buf);
+    }
     results.push_back(std::move(k));
   }
   return results;
