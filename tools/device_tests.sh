@@ -22,3 +22,11 @@ SONICMOE_ENGINE=hopper SONICMOE_HOPPER_SCHEDULE=pingpong timeout 300 $bin \
   --gtest_filter="$filter" > "$out/tests-hopper-pingpong.log" 2>&1
 echo "== engine hopper, ping-pong: rc=$?"
 grep -E "^\[  FAILED  \]|^\[  PASSED  \]|tests ran" "$out/tests-hopper-pingpong.log" | sort -u | head -40
+# The portable engine at the depths of devices with less shared memory (the
+# runtime-depth kernels: 3 stages as on an A100, and the 2-stage minimum).
+for depth in 3 2; do
+  SONICMOE_ENGINE=portable SONICMOE_PORTABLE_STAGES=$depth timeout 300 $bin \
+    --gtest_filter="$filter" > "$out/tests-portable-stages$depth.log" 2>&1
+  echo "== engine portable, at most $depth stages: rc=$?"
+  grep -E "^\[  FAILED  \]|^\[  PASSED  \]|tests ran" "$out/tests-portable-stages$depth.log" | sort -u | head -40
+done

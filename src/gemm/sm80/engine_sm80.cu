@@ -10,6 +10,7 @@
 // Each product's tile, pipeline depth and CTAs/SM come from the table below
 // (products with equal rows and equal template arguments share a kernel).
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "common/activation.hpp"
@@ -33,6 +34,9 @@ using namespace sm80;
 struct Tiling {
   int bm, bn, stages, min_ctas;
   bool overlap;  // the next tile's prologue before this tile's epilogue
+  // The depth compiled in (kStages) rather than read at run time. Off only
+  // where ptxas then spills: the 2-stage dH at 128 registers (60 bytes).
+  bool fixed_depth = true;
 };
 
 // The one place to choose. The usual rows:
@@ -70,12 +74,18 @@ struct Tiling {
 // one 2% (dX~ 7b-n1024, K 2048: 323-327 -> 317-319); on 128 x 256 and
 // 256 x 128 tiles it gained nothing or lost up to 5% (dX~ 30b-n1024 330
 // -> 311): docs/NOTES.md.
-//                                M tile  N tile  stages  CTAs/SM  overlap
+// A depth compiled in (fixed_depth) instead of read per K step: H200,
+// 7b-n1024, two passes in one run, runtime -> fixed (ms): dX~ 0.914 ->
+// 0.862, down_proj 0.464 -> 0.436, dW2 0.487 -> 0.475, dW1 0.993-1.003 ->
+// 0.934-0.984, but the 128 x 128 up-projection 0.991-1.002 -> 1.025-1.031,
+// so it keeps the runtime depth (as dH's 2-stage tiles, which spill).
+//                                M tile  N tile  stages  CTAs/SM  overlap fixed_depth
 constexpr Tiling kNarrowTiling   {128,    128,    3,      2,       true};
+constexpr Tiling kNarrowUpProj   {128,    128,    3,      2,       true,   false};
 constexpr Tiling kNarrowLongK    {128,    128,    3,      2,       false};
 constexpr Tiling kWideTiling     {128,    256,    4,      1,       false};
 constexpr Tiling kDhTiling       {128,    256,    4,      1,       false};
-constexpr Tiling kDhNarrow       {128,    128,    2,      2,       false};
+constexpr Tiling kDhNarrow       {128,    128,    2,      2,       false,  false};
 constexpr Tiling kDw2Tiling      {128,    256,    4,      1,       false};
 constexpr Tiling kDw1Tiling      {256,    128,    4,      1,       false};
 
@@ -87,11 +97,11 @@ constexpr Tiling kDw1Tiling      {256,    128,    4,      1,       false};
 constexpr int64_t kWideFromNK = int64_t{4} << 20;
 // 128 x 128 tiles overlap the next prologue up to this K (24 k-tiles).
 constexpr int64_t kOverlapMaxK = 1536;
-template <class Fn>
+template <Tiling kNarrow = kNarrowTiling, class Fn>
 void by_weight_size(int64_t N, int64_t K, Fn&& fn) {
   if (N * K >= kWideFromNK) fn.template operator()<kWideTiling>();
   else if (K > kOverlapMaxK) fn.template operator()<kNarrowLongK>();
-  else fn.template operator()<kNarrowTiling>();
+  else fn.template operator()<kNarrow>();
 }
 
 // One CTA's dynamic shared memory: the stages, the loaders' published
@@ -116,35 +126,58 @@ bool dh_narrow(const LayerDims& L) {
   });
 }
 
+// SONICMOE_PORTABLE_STAGES=2 or 3 caps every product's depth as a device
+// with less shared memory would (an A100 holds 3 stages of 48 KiB), so that
+// the runtime-depth kernels run, and are tested, on a Hopper GPU too
+// (tools/device_tests.sh). Read once per process.
+int stage_cap() {
+  static const int cap = [] {
+    const char* v = std::getenv("SONICMOE_PORTABLE_STAGES");
+    const int n = v ? std::atoi(v) : kMaxStages;
+    return n >= 2 && n <= kMaxStages ? n : kMaxStages;
+  }();
+  return cap;
+}
+
 template <Grouping G, Major MA, Major MB, bool kGatherA, class Epi, Tiling C>
 void launch(const char* what, GemmArgs args, const typename Epi::Params& ep, int64_t tile_bound,
             cudaStream_t stream) {
   static_assert(C.stages >= 2 && C.stages <= kMaxStages);
   static_assert(G == Grouping::K || C.bm == kGroupedMTile,
                 "grouped-M tiles are counted in kGroupedMTile rows (Engine::m_tile)");
-  auto kernel = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas, C.overlap>;
+  // The product's depth as a compile-time constant, and the same kernel with
+  // a runtime depth for devices whose shared memory per block holds fewer
+  // stages (an A100's 163 KiB: 3 of the 48 KiB stages; 99 KiB parts).
+  using Kernel = void (*)(GemmArgs, typename Epi::Params);
+  const Kernel fixed = grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas,
+                                           C.overlap, C.fixed_depth ? C.stages : 0>;
+  const Kernel lowered =
+      grouped_gemm_kernel<G, MA, MB, kGatherA, C.bm, C.bn, Epi, C.min_ctas, C.overlap, 0>;
   static_assert(smem_bytes<C, Epi>() <= 227 * 1024, "shared memory budget of one CTA (H100)");
   // Per instantiation, once per device (the first call pays for it): the
-  // stages the device's shared memory per block holds, the dynamic
-  // shared-memory limit, and the occupancy.
+  // stages the device's shared memory per block holds, the kernel for that
+  // depth, its dynamic shared-memory limit, and the occupancy.
   struct Config {
+    Kernel kernel;
     int stages, smem, blocks_per_sm;
   };
   const Config& cfg = cuda::per_device<Config>([&](int dev) {
     int optin = 0;
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-    Config c{C.stages, 0, 0};
-    while (c.stages > 2 && smem_bytes<C, Epi>(c.stages) > optin) --c.stages;
+    Config c{fixed, C.stages, 0, 0};
+    while (c.stages > 2 && (smem_bytes<C, Epi>(c.stages) > optin || c.stages > stage_cap()))
+      --c.stages;
+    if (c.stages != C.stages) c.kernel = lowered;
     c.smem = smem_bytes<C, Epi>(c.stages);
-    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, kernel, kThreads, c.smem);
+    cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c.blocks_per_sm, c.kernel, kThreads, c.smem);
     c.blocks_per_sm = std::max(c.blocks_per_sm, 1);
     return c;
   });
   if (tile_bound <= 0) return;
   args.stages = cfg.stages;
   const int64_t grid = std::min<int64_t>(tile_bound, int64_t{sm_count()} * cfg.blocks_per_sm);
-  kernel<<<static_cast<unsigned>(grid), kThreads, cfg.smem, stream>>>(args, ep);
+  cfg.kernel<<<static_cast<unsigned>(grid), kThreads, cfg.smem, stream>>>(args, ep);
   check_launch(what);
 }
 
@@ -159,7 +192,7 @@ class PortableEngine final : public Engine {
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     const int64_t R = L.R();
-    by_weight_size(R, L.d, [&]<Tiling C>() {
+    by_weight_size<kNarrowUpProj>(R, L.d, [&]<Tiling C>() {
       GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
                  grouped_m_schedule(L, r, R, L.d, C.bn)};
       act::dispatch(L.act, [&]<Activation A>() {

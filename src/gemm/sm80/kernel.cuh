@@ -5,9 +5,10 @@
 // warps, grouped-K products only); every warp holds a 64-row slab,
 // WarpGrid in tile.cuh):
 // - Every thread is both producer and consumer. A stage is one kBM x 64 A
-//   tile and one kBN x 64 B tile (16 KiB per 128): 32 or 48 KiB. g.stages
-//   stages (2 .. kMaxStages, chosen by the launcher: what the product asks
-//   for, lowered to what the device's shared memory holds) rotate.
+//   tile and one kBN x 64 B tile (16 KiB per 128): 32 or 48 KiB. stages
+//   stages (2 .. kMaxStages) rotate: the product's depth, fixed at compile
+//   time (kStages), or where the device's shared memory holds fewer, the
+//   launcher's lowered g.stages in the kStages = 0 instantiation.
 // - Prologue: stages 0 .. stages-2 are requested (one cp.async group each,
 //   committed even when empty so that group counting stays uniform).
 // - Iteration kt: wait until at most stages-2 groups are in flight (stage
@@ -84,7 +85,10 @@ static_assert(kMaxStages - 2 <= 2, "wait_pending covers 0 .. 2 groups in flight"
 
 // The operands' geometry for each grouping and majorness (see scheduler.cuh).
 // kGatherA: the K-major A operand's rows go through an index (X, dO rows).
-template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN>
+// kStages: the pipeline depth, or 0 for the depth the launcher sets at run
+// time (g.stages, on devices whose shared memory holds fewer stages than the
+// product asks for).
+template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN, int kStages>
 struct Mainloop {
   static_assert(G == Grouping::M ? MA == Major::K : (MA == Major::MN && MB == Major::MN),
                 "grouped-M products read A by rows; grouped-K products read both operands "
@@ -92,6 +96,17 @@ struct Mainloop {
   using Warps = WarpGrid<kBM, kBN>;
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp: 4 or 8
   static constexpr int kStage = kStageBytes<kBM, kBN>;
+  static_assert(kStages == 0 || (kStages >= 2 && kStages <= kMaxStages));
+
+  // A depth known at compile time makes the stage wait one instruction and
+  // the slot arithmetic constants; a runtime one cost a constant-bank reload
+  // and a branch per K step (ncu: ~4% of the 2-CTA dX~ kernel's stall
+  // samples, H200 7b-n1024), and a register the 2-CTA kernels lack.
+  __device__ static int depth(const GemmArgs& g) { return kStages > 0 ? kStages : g.stages; }
+  __device__ static void wait_stage(int stages) {
+    if constexpr (kStages > 0) arch::cp_async_wait<kStages - 2>();
+    else wait_pending(stages - 2);
+  }
 
   // MN-major operands publish their row addresses from different warps:
   // A's from warps 0-1, B's from warps 2-3 (different schedulers).
@@ -102,7 +117,7 @@ struct Mainloop {
   // Tile t's loaders.
   __device__ static void make_loaders(const GemmArgs& g, const Tile& t, char* smem, LoaderA& la,
                                       LoaderB& lb) {
-    const uint32_t pub = stage_a(smem, g.stages);  // past the last stage
+    const uint32_t pub = stage_a(smem, depth(g));  // past the last stage
     if constexpr (G == Grouping::M) {
       la.init(g.a, t.expert, t.m0, t.rows, g.schedule.K, pub);
       if constexpr (MB == Major::K)
@@ -134,7 +149,7 @@ struct Mainloop {
   __device__ static void request_prologue(const GemmArgs& g, const Tile& t, char* smem,
                                           LoaderA& la, LoaderB& lb) {
     const int kt_end = ktiles(t);
-    for (int s = 0; s < g.stages - 1; ++s) {
+    for (int s = 0; s < depth(g) - 1; ++s) {
       if (s < kt_end) {
         la.load_direct(stage_a(smem, s), static_cast<int64_t>(s) * kBK);
         lb.load_direct(stage_b(smem, s), static_cast<int64_t>(s) * kBK);
@@ -153,7 +168,7 @@ struct Mainloop {
   // prologue() has.
   template <bool kOwnPrologue>
   __device__ static void run(const GemmArgs& g, const Tile& t, char* smem, Accum<kBM, kBN>& acc) {
-    const int stages = g.stages;
+    const int stages = depth(g);
     LoaderA la;
     LoaderB lb;
     make_loaders(g, t, smem, la, lb);
@@ -175,7 +190,7 @@ struct Mainloop {
     const int wm = Warps::m0(warp), wn = Warps::n0(warp);
     int slot = 0;  // kt % stages, without the division
     for (int kt = 0; kt < kt_end; ++kt) {
-      wait_pending(stages - 2);
+      wait_stage(stages);
       __syncthreads();
       const int next = kt + stages - 1;
       const int free = (slot == 0 ? stages : slot) - 1;  // the slot of kt - 1
@@ -276,13 +291,14 @@ struct FragView : ChunkWalks<FragView<kBM, kBN>> {
 };
 
 // kBM x kBN: the tile, 128 x 128, 128 x 256 or 256 x 128 (grouped-K only:
-// grouped-M tiles are kGroupedMTile rows). kMinCtas: CTAs per SM the
+// grouped-M tiles are kGroupedMTile rows). kStages: the pipeline depth, 0
+// for args.stages (Mainloop). kMinCtas: CTAs per SM the
 // register budget must allow (2 caps a thread at 128 registers; the larger
 // tiles hold 128 accumulators per thread, so they run at 1). kOverlap: the
 // next tile's prologue is requested before this tile's epilogue (contract
 // above). Chosen per product.
 template <Grouping G, Major MA, Major MB, bool kGatherA, int kBM, int kBN, EpiloguePolicy Epi,
-          int kMinCtas, bool kOverlap>
+          int kMinCtas, bool kOverlap, int kStages>
 __global__ void __launch_bounds__(kThreads, kMinCtas)
     grouped_gemm_kernel(const GemmArgs args, const typename Epi::Params ep) {
   static_assert((kBM == 128 && (kBN == 128 || kBN == 256)) || (kBM == 256 && kBN == 128),
@@ -294,8 +310,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   extern __shared__ __align__(1024) char smem[];
   const Scheduler<G, kBM, kBN> sched{args.schedule};
   const int total = sched.total();
-  char* const epi_smem = smem + args.stages * kStageBytes<kBM, kBN> + kPublishedBytes;
-  using Main = Mainloop<G, MA, MB, kGatherA, kBM, kBN>;
+  using Main = Mainloop<G, MA, MB, kGatherA, kBM, kBN, kStages>;
+  char* const epi_smem = smem + Main::depth(args) * kStageBytes<kBM, kBN> + kPublishedBytes;
   static_assert(!kOverlap || std::is_base_of_v<NoPrefetch, Epi>,
                 "an epilogue's prefetch must precede its tile's prologue (contract above)");
   if constexpr (!kOverlap) {
