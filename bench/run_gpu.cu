@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <stdexcept>
@@ -49,15 +50,21 @@ void fill_inputs(const BenchLayer& L, uint64_t seed, cudaStream_t s) {
 // ------------------------------------------------------------------ timing --
 
 // Events around each run, all runs queued back to back and read after one
-// synchronisation, so that no host round trip sits between runs.
+// synchronisation, so that no host round trip sits between runs. host_us:
+// the host's time to enqueue one run; when it approaches the device time,
+// the device waits for launches inside the timed runs.
 template <class F>
-std::vector<double> time_runs(int iters, cudaStream_t s, F&& f) {
+std::vector<double> time_runs(int iters, cudaStream_t s, F&& f, double* host_us = nullptr) {
   std::vector<EventPair> ev(iters);
+  const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < iters; ++i) {
     CUDA_CHECK(cudaEventRecord(ev[i].start, s));
     f();
     CUDA_CHECK(cudaEventRecord(ev[i].stop, s));
   }
+  if (host_us)
+    *host_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                   .count() / std::max(iters, 1);
   CUDA_CHECK(cudaStreamSynchronize(s));
   std::vector<double> ms(iters);
   for (int i = 0; i < iters; ++i) {
@@ -238,9 +245,14 @@ RunResult run_gpu(const Problem& p, const RunSettings& st) {
       });
     }
     progress(tag, "forward timing: " + std::to_string(st.iters) + " runs, CUDA events");
-    r.fwd_ms = median(time_runs(st.iters, stream.s, [&] { L.forward(s); }));
+    double fwd_host = 0, bwd_host = 0;
+    r.fwd_ms = median(time_runs(st.iters, stream.s, [&] { L.forward(s); }, &fwd_host));
     progress(tag, "backward timing: " + std::to_string(st.iters) + " runs, CUDA events");
-    r.bwd_ms = median(time_runs(st.iters, stream.s, [&] { L.backward(s); }));
+    r.bwd_ms = median(time_runs(st.iters, stream.s, [&] { L.backward(s); }, &bwd_host));
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "host enqueue per run: forward %.1f us, backward %.1f us",
+                  fwd_host, bwd_host);
+    progress(tag, buf);
     if (p.rounded()) {
       r.round_ms = median(time_runs(st.iters, stream.s, [&] { L.round(s); }));
       r.computed_pairs = L.computed_pairs();  // the timed runs' count: same inputs every run
