@@ -88,20 +88,24 @@ class _Timer:
             fn()
         self.heat(fn)
         self.sync()
-        times = []
-        for _ in range(iters):
-            if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
+        if self.cuda:
+            # All runs queued back to back, read after one synchronisation
+            # (as the C++ bench and a training loop run them): a
+            # synchronisation per run would count the host's Python overhead
+            # at each run's start as device time.
+            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                      for _ in range(iters)]
+            for start, end in events:
                 start.record()
                 fn()
                 end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
+            self.sync()
+            return statistics.median(start.elapsed_time(end) for start, end in events)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
 
