@@ -34,8 +34,9 @@ using namespace sm80;
 struct Tiling {
   int bm, bn, stages, min_ctas;
   bool overlap;  // the next tile's prologue before this tile's epilogue
-  // The depth compiled in (kStages) rather than read at run time. Off only
-  // where ptxas then spills: the 2-stage dH at 128 registers (60 bytes).
+  // The depth compiled in (kStages) rather than read at run time. Off where
+  // ptxas then spills (the 2-stage dH at 128 registers: 60 bytes) and where
+  // it measured slower (the 128 x 128 up-projection: the table's comment).
   bool fixed_depth = true;
 };
 
@@ -129,7 +130,8 @@ bool dh_narrow(const LayerDims& L) {
 // SONICMOE_PORTABLE_STAGES=2 or 3 caps every product's depth as a device
 // with less shared memory would (an A100 holds 3 stages of 48 KiB), so that
 // the runtime-depth kernels run, and are tested, on a Hopper GPU too
-// (tools/device_tests.sh). Read once per process.
+// (tools/device_tests.sh). Read once per process; any other value (4, unset,
+// not a number) leaves every depth as the Tiling table and the device give it.
 int stage_cap() {
   static const int cap = [] {
     const char* v = std::getenv("SONICMOE_PORTABLE_STAGES");
