@@ -258,11 +258,13 @@ void router_backward_typed(const RouterBackwardArgs& a, cudaStream_t stream) {
 // =========================================================== routing metadata
 
 constexpr int kThreads = 256;
-constexpr int kItems = 8;
+// 1024 pairs per tile: at 2048, 7b-n256's 196608 pairs made 96 chunks,
+// fewer blocks than SMs for the histogram and the scatter.
+constexpr int kItems = 4;
 constexpr int64_t kTile = kThreads * kItems;
 // A chunk holds ceil(E / kExpertsPerTile) tiles, which keeps the
 // [chunks x E] table near 4 ints per pair however large E is.
-constexpr int64_t kExpertsPerTile = 8192;
+constexpr int64_t kExpertsPerTile = 4096;
 // Per-chunk counts in shared memory up to the 48 KiB every device grants.
 constexpr int64_t kSharedCountExperts = 12288;
 constexpr int kChunkScanThreads = kWarp * kWarp;
@@ -365,16 +367,25 @@ __device__ void count_chunk(const PairSource& src, int64_t chunk_pairs, int32_t*
   const int lane = threadIdx.x % kWarp;
   const int64_t begin = int64_t{blockIdx.x} * chunk_pairs;
   const int64_t end = min(src.n, begin + chunk_pairs);
-  for (int64_t base = begin + threadIdx.x / kWarp * kWarp; base < end; base += kThreads) {
-    const int64_t i = base + lane;
-    const bool in = i < end;
-    const int32_t e = in ? src.expert[i] : -1;
-    const int32_t t = in && src.general ? src.token[i] : -1;
-    const bool token_ok = in && src.token_ok(t);
-    add_one_per_lane(counts, token_ok && src.expert_ok(e), e, lane);
-    if (tokens.per_token) {
-      add_one_per_lane(tokens.per_token, token_ok, t, lane);
-      add_one_per_lane(tokens.per_tile, token_ok, t / static_cast<int32_t>(kScanTile), lane);
+  // A tile's kItems loads per thread are issued before any is counted: one
+  // load at a time, the chunk took kItems memory latencies per tile.
+  for (int64_t tile = begin; tile < end; tile += kTile) {
+    int32_t e[kItems], t[kItems];
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int64_t i = tile + j * kThreads + threadIdx.x / kWarp * kWarp + lane;
+      e[j] = i < end ? src.expert[i] : -1;
+      t[j] = i < end && src.general ? src.token[i] : -1;
+    }
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const bool in = tile + j * kThreads + threadIdx.x / kWarp * kWarp + lane < end;
+      const bool token_ok = in && src.token_ok(t[j]);
+      add_one_per_lane(counts, token_ok && src.expert_ok(e[j]), e[j], lane);
+      if (tokens.per_token) {
+        add_one_per_lane(tokens.per_token, token_ok, t[j], lane);
+        add_one_per_lane(tokens.per_tile, token_ok, t[j] / static_cast<int32_t>(kScanTile), lane);
+      }
     }
   }
   if constexpr (kSharedCounts) {
