@@ -21,6 +21,9 @@
 //                        fn(k, slot, row, col, uint4), for plain stores
 //   F::kThreads, f.thread(), f.sync()  the epilogue's threads and a barrier
 //                        over exactly them
+//   F::kRows, f.first_row()  the tile rows those threads hold (rows
+//                        first_row .. first_row + kRows - 1; several
+//                        epilogues may share a tile, on disjoint rows)
 // Rows past the tile's valid rows and columns past N are never written.
 //
 // A policy has two steps, both run by the epilogue's threads:
@@ -312,7 +315,7 @@ struct DHEpilogue {
   __device__ static void prefetch(const Params& p, const Schedule& s, const Tile& t, F& f,
                                   char* smem) {
     float* score = scores_smem<kBM, F>(smem);
-    for (int r = f.thread(); r < kBM; r += F::kThreads) {
+    for (int r = f.first_row() + f.thread(); r < f.first_row() + F::kRows; r += F::kThreads) {
       const bool ok = r < t.rows && t.m0 + r < s.positions;  // clamped: corrupt metadata
       arch::cp_async_4(arch::smem_addr(score + r), p.scores + (ok ? t.m0 + r : 0), ok ? 4u : 0u);
     }
@@ -390,7 +393,8 @@ struct DHEpilogue {
       if ((lane & 3) == 0) part[f.slot_row(slot) * F::kColGroups + f.col_group()] = v;
     }
     f.sync();
-    for (int r = f.thread(); r < t.rows && r < kBM; r += F::kThreads) {
+    for (int r = f.first_row() + f.thread(); r < t.rows && r < f.first_row() + F::kRows;
+         r += F::kThreads) {
       float v = part[r * F::kColGroups];
 #pragma unroll
       for (int g = 1; g < F::kColGroups; ++g) v += part[r * F::kColGroups + g];

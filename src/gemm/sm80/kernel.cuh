@@ -241,6 +241,8 @@ struct FragView : ChunkWalks<FragView<kBM, kBN>> {
   Accum<kBM, kBN>& acc;
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp
   static constexpr int kSlots = 8, kColGroups = Warps::kWarpsN, kThreads = sm80::kThreads;
+  static constexpr int kRows = kBM;
+  __device__ int first_row() const { return 0; }
 
   __device__ int slot_row(int slot) const {
     // Warps::m0(warp), spelled in the unsigned arithmetic of threadIdx.

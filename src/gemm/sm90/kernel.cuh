@@ -23,8 +23,11 @@
 // - Stage index and phase run on across tiles: producer and consumers walk
 //   the same persistent tile list, so the producer fills the next tile's
 //   stages while the consumers run the epilogue.
-// - Epilogue (common/epilogues.cuh through FragView): the 256 consumer
-//   threads synchronise on named barrier kEpilogueBarrier only.
+// - Epilogue (common/epilogues.cuh through FragView): each consumer
+//   warpgroup runs its own on the rows it holds, synchronising its 128
+//   threads on named barrier epilogue_barrier(wg) only, in shared memory of
+//   its own. The warpgroups of a cooperative tile are tied by the stages
+//   alone.
 // - 2-CTA clusters (kCluster = 2): both CTAs of a pair walk the same
 //   scheduled ids (tile_of over clusters) and take the two halves of a
 //   double tile (Pair), so their stage sequences match one for one. The
@@ -64,12 +67,11 @@ namespace hw = arch::sm90;
 
 inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 384;
-// Named barriers (0 is __syncthreads'): the consumers' epilogue, and the
-// producer's staging of gathered row indices.
-inline constexpr int kEpilogueBarrier = 1, kProducerBarrier = 2;
-// Ping-pong: warpgroup w's epilogue barrier (128 threads each), and the
-// barrier on which it waits for the other's mainloop to end (256: 128
-// arrive, 128 wait).
+// Named barriers (0 is __syncthreads'): the producer's staging of gathered
+// row indices; consumer warpgroup w's epilogue barrier (128 threads each);
+// ping-pong: the barrier on which warpgroup w waits for the other's
+// mainloop to end (256: 128 arrive, 128 wait).
+inline constexpr int kProducerBarrier = 2;
 __device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
 __device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
@@ -109,24 +111,25 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
 
 // The accumulator of one consumer warpgroup (kSub x 64 rows x kBN) as the
 // shared epilogues see it: per thread 2 row slots per m64, all columns of
-// those rows. Cooperative: the epilogue is both warpgroups' (256 threads,
-// rows split); kOwnTile (ping-pong): one warpgroup's, which owns the tile.
+// those rows. Each warpgroup runs its epilogue alone (128 threads, its own
+// barrier and shared memory), on the rows it holds: cooperative, its half
+// of the tile; kOwnTile (ping-pong), the whole tile. Nothing then ties one
+// warpgroup's epilogue to the other's: the one that finishes its stores
+// first goes on to the next tile's stages (docs/NOTES.md).
 template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
-  static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = kOwnTile ? 128 : 256;
+  static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 128, kRows = 64 * kSub;
 
   __device__ int wg() const { return (threadIdx.x - 128) >> 7; }
-  __device__ int wg_row() const { return kOwnTile ? 0 : wg() * 64 * kSub; }
+  __device__ int first_row() const { return kOwnTile ? 0 : wg() * kRows; }
   __device__ int row0(int sub) const {
-    return wg_row() + sub * 64 + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
+    return first_row() + sub * 64 + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
   }
   __device__ int slot_row(int slot) const { return row0(slot >> 1) + (slot & 1) * 8; }
   __device__ int col_group() const { return 0; }
-  __device__ int thread() const { return (threadIdx.x - 128) & (kThreads - 1); }
-  __device__ void sync() const {
-    hw::named_sync(kOwnTile ? epilogue_barrier(wg()) : kEpilogueBarrier, kThreads);
-  }
+  __device__ int thread() const { return threadIdx.x & 127; }
+  __device__ void sync() const { hw::named_sync(epilogue_barrier(wg()), kThreads); }
 
   // Chunk k: m64 sub-tile i, 32-column group g, row half h, with
   // k = (i * kBN / 32 + g) * 2 + h; lane q of a quad gets columns 32 g + 8 q ..
@@ -213,9 +216,8 @@ struct Kernel {
   static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
-  static constexpr int kEpiBytes =
-      // ping-pong: one per warpgroup (128 threads each)
-      Epi::template smem_bytes<kTileM, kPingPong ? 128 : 256>() * (kPingPong ? 2 : 1);
+  // One region per consumer warpgroup (FragView: 128 threads each).
+  static constexpr int kEpiBytes = Epi::template smem_bytes<kTileM, 128>() * 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
                                     // grouped-K row addresses: 2 x 2 x 256 x 8
@@ -579,7 +581,7 @@ struct Kernel {
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kSub][kBN / 2];
     FragView<kBN, kSub, kPingPong> frag{{}, acc};
-    char* const epi = sm.epi + (kPingPong ? wg * (kEpiBytes / 2) : 0);
+    char* const epi = sm.epi + wg * (kEpiBytes / 2);
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
       const Tile t = sched.at(id);
