@@ -100,15 +100,19 @@ __device__ __forceinline__ void quad_transpose(float2 (&e)[4], float (&out)[8]) 
   }
 }
 
-// The same on pairs already rounded to bf16 (one word each): half the
-// shuffles and selects, for epilogues that store the accumulator as it is.
-// Bitwise the same as pack8 of quad_transpose's result.
+// The same on one word per group (two bf16): half the shuffles and selects.
+__device__ __forceinline__ uint4 quad_transpose_words(uint32_t (&e)[4]) {
+  quad_butterfly(e, [](uint32_t v, int b) { return __shfl_xor_sync(0xffffffffu, v, b); });
+  return uint4{e[0], e[1], e[2], e[3]};
+}
+
+// On pairs rounded to bf16 first, for epilogues that store the accumulator
+// as it is. Bitwise the same as pack8 of quad_transpose's result.
 __device__ __forceinline__ uint4 quad_transpose_bf16(const float2 (&p)[4]) {
   uint32_t e[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j) e[j] = arch::pack_bf16x2(p[j].x, p[j].y);
-  quad_butterfly(e, [](uint32_t v, int b) { return __shfl_xor_sync(0xffffffffu, v, b); });
-  return uint4{e[0], e[1], e[2], e[3]};
+  return quad_transpose_words(e);
 }
 
 // The chunk walks of every engine's FragView (CRTP base), over the view's
@@ -125,6 +129,24 @@ struct ChunkWalks {
       float v[8];
       quad_transpose(p, v);
       fn(k, slot, f.template chunk_row<k>(), f.template chunk_col<k>(), v);
+    });
+  }
+  // The two chunks of the same columns in a row pair (row, row + 8), as the
+  // accumulator holds them, untransposed: fn(k0, k1, lo, hi) with k0, k1
+  // the chunks' indices (std::integral_constant) and lo / hi their pairs
+  // (lo[j]: columns chunk_col<k0>() - 6 q + 8 j, + 1 of chunk_row<k0>(), q
+  // the lane's quad position). For epilogues that compute on the pairs
+  // first and transpose what they store (UpProjEpilogue).
+  template <class Fn>
+  __device__ __forceinline__ void for_each_chunk_pair(Fn&& fn) {
+    View& f = static_cast<View&>(*this);
+    static_for<View::kChunks / 2>([&](auto pi) {
+      constexpr int k0 = View::template lower_chunk<decltype(pi)::value>();
+      constexpr int k1 = View::template upper_chunk<decltype(pi)::value>();
+      float2 lo[4], hi[4];
+      f.template chunk_pairs<k0>(lo);
+      f.template chunk_pairs<k1>(hi);
+      fn(std::integral_constant<int, k0>{}, std::integral_constant<int, k1>{}, lo, hi);
     });
   }
   // The same chunks rounded to bf16 before the transpose: fn(k, slot, row,
@@ -206,6 +228,13 @@ struct StoreEpilogue : NoPrefetch {
 // Up-projection: H = acc + b1 (kept for backward in training mode) and
 // A = act(H) (temporary). Gated: the pair (col, col+1) is (gate_j, up_j)
 // with j = col / 2. A is computed from the fp32 values, H rounded to bf16.
+// Both are computed on the pairs as the accumulator holds them, and only
+// the bf16 results are transposed for 16-byte stores: a gated activation's
+// pair is already in one thread, and a word transpose costs half the
+// shuffles and selects of a float2 one (the fp32 transposes were 30% of
+// the epilogue's samples: docs/NOTES.md). Per chunk pair (rows r, r + 8):
+// H takes one transpose per row; gated A, whose 4 values per row are a
+// quarter of a word transpose each, one for both rows.
 template <Activation Act>
 struct UpProjEpilogue : NoPrefetch {
   struct Params {
@@ -223,23 +252,61 @@ struct UpProjEpilogue : NoPrefetch {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
-    f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
-      const int64_t col = t.n0 + c;
-      if (r >= t.rows || col >= R) return;  // R is a multiple of 8: whole chunks
-      if (bias) add_bias8(v, bias + col);
-      const int64_t row = t.m0 + r;
-      if (p.h) arch::stg_128(p.h + row * R + col, pack8(v));
-      if constexpr (is_gated(Act)) {
-        // (gate, up) pairs -> 4 consecutive A columns from col / 2.
-        arch::stg_64(
-            p.a + row * p.n + col / 2,
-            uint2{arch::pack_bf16x2(act::gated<Act>(v[0], v[1]), act::gated<Act>(v[2], v[3])),
-                  arch::pack_bf16x2(act::gated<Act>(v[4], v[5]), act::gated<Act>(v[6], v[7]))});
-      } else {
-        float a[8];
+    const int q = threadIdx.x & 3;
+    f.for_each_chunk_pair([&](auto k0, auto k1, float2(&lo)[4], float2(&hi)[4]) {
+      // base: the chunk's first column; the lane's pair j is at base + 8 j
+      // + 2 q, its 8 columns after the transpose at base + 8 q. R is a
+      // multiple of 8 (whole groups), n of 8 when gated (R = 2n, whole A
+      // vectors).
+      const int64_t base = t.n0 + f.template chunk_col<decltype(k0)::value>() - 8 * q;
+      const int r0 = f.template chunk_row<decltype(k0)::value>();
+      const int r1 = f.template chunk_row<decltype(k1)::value>();
+      if (bias) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) a[i] = act::inner<Act>(v[i]);
-        arch::stg_128(p.a + row * p.n + col, pack8(a));
+        for (int j = 0; j < 4; ++j) {
+          if (base + 8 * j >= R) continue;
+          const float2 b = arch::unpack_bf16x2(
+              *reinterpret_cast<const uint32_t*>(bias + base + 8 * j + 2 * q));
+          lo[j].x += b.x, lo[j].y += b.y, hi[j].x += b.x, hi[j].y += b.y;
+        }
+      }
+      const bool col_ok = base + 8 * q < R;
+      if (p.h) {
+        const uint4 h0 = quad_transpose_bf16(lo), h1 = quad_transpose_bf16(hi);
+        if (col_ok && r0 < t.rows) arch::stg_128(p.h + (t.m0 + r0) * R + base + 8 * q, h0);
+        if (col_ok && r1 < t.rows) arch::stg_128(p.h + (t.m0 + r1) * R + base + 8 * q, h1);
+      }
+      if constexpr (is_gated(Act)) {
+        // Word w of lane m holds A columns base / 2 + 4 j + m for j = 2 (w & 1),
+        // 2 (w & 1) + 1, of row r0 (w < 2) or r1. After the transpose lane q
+        // holds word q of every lane: A columns base / 2 + 8 (q & 1) ..+7 of
+        // row r0 or r1, in the order 0 4 1 5 2 6 3 7, which the byte
+        // permutes put straight.
+        uint32_t w[4] = {arch::pack_bf16x2(act::gated<Act>(lo[0].x, lo[0].y),
+                                           act::gated<Act>(lo[1].x, lo[1].y)),
+                         arch::pack_bf16x2(act::gated<Act>(lo[2].x, lo[2].y),
+                                           act::gated<Act>(lo[3].x, lo[3].y)),
+                         arch::pack_bf16x2(act::gated<Act>(hi[0].x, hi[0].y),
+                                           act::gated<Act>(hi[1].x, hi[1].y)),
+                         arch::pack_bf16x2(act::gated<Act>(hi[2].x, hi[2].y),
+                                           act::gated<Act>(hi[3].x, hi[3].y))};
+        const uint4 v = quad_transpose_words(w);
+        const int r = q < 2 ? r0 : r1;
+        const int64_t col = base / 2 + 8 * (q & 1);
+        if (r < t.rows && col < p.n)
+          arch::stg_128(p.a + (t.m0 + r) * p.n + col,
+                        uint4{__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.z, v.w, 0x5410),
+                              __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x7632)});
+      } else {
+        float2 a0[4], a1[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          a0[j] = float2{act::inner<Act>(lo[j].x), act::inner<Act>(lo[j].y)};
+          a1[j] = float2{act::inner<Act>(hi[j].x), act::inner<Act>(hi[j].y)};
+        }
+        const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
+        if (col_ok && r0 < t.rows) arch::stg_128(p.a + (t.m0 + r0) * p.n + base + 8 * q, v0);
+        if (col_ok && r1 < t.rows) arch::stg_128(p.a + (t.m0 + r1) * p.n + base + 8 * q, v1);
       }
     });
   }

@@ -257,6 +257,16 @@ struct FragView : ChunkWalks<FragView<kBM, kBN>> {
   // columns wn + 32 g + 8 q .. Chunk k: m16 tile i, row half h, group g,
   // with k = (i * 2 + h) * kNT / 4 + g.
   static constexpr int kGroups = kNT / 4, kChunks = 4 * 2 * kGroups;
+  // Chunk pair pi (m16 tile pi / kGroups, group pi % kGroups): its chunks
+  // in row halves 0 and 1.
+  template <int pi>
+  static constexpr int lower_chunk() {
+    return (pi / kGroups * 2) * kGroups + pi % kGroups;
+  }
+  template <int pi>
+  static constexpr int upper_chunk() {
+    return lower_chunk<pi>() + kGroups;
+  }
   template <int k>
   __device__ int chunk_row() const {
     return slot_row(k / kGroups);

@@ -134,6 +134,15 @@ struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   // Chunk k: m64 sub-tile i, 32-column group g, row half h, with
   // k = (i * kBN / 32 + g) * 2 + h; lane q of a quad gets columns 32 g + 8 q ..
   static constexpr int kChunks = kSub * kBN / 16;
+  // Chunk pair pi: the chunks of the same columns in row halves 0 and 1.
+  template <int pi>
+  static constexpr int lower_chunk() {
+    return 2 * pi;
+  }
+  template <int pi>
+  static constexpr int upper_chunk() {
+    return 2 * pi + 1;
+  }
   template <int k>
   __device__ int chunk_row() const {
     return row0(k / (kBN / 16)) + (k & 1) * 8;
