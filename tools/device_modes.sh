@@ -21,15 +21,19 @@ out=${OUT:-/tmp}
 export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for i in $(seq 1 "$n"); do
-  timeout 120 .dev/sonicmoe-bench --kernels --config "$config" --heat-ms "${HEAT_MS:-0}" > "$out/modes-$i.jsonl" \
-    2> "$out/modes-$i.err"
-  echo "process $i rc=$? $(grep -E "^$config +$kernel " "$out/modes-$i.err" | awk '{print $3 " ms, " $5 " TF/s"}')"
+  timeout 120 .dev/sonicmoe-bench --kernels --config "$config" --heat-ms "${HEAT_MS:-0}" > /dev/null \
+    2> "$out/modes-run.err"
+  echo "process $i rc=$? $(grep -E "^$config +$kernel " "$out/modes-run.err" | awk '{print $3 " ms, " $5 " TF/s"}')"
+  sed "s/^/$i /" "$out/modes-run.err" >> "$out/modes.txt"  # one file: $OUT returns at most 8
 done
+rm -f "$out/modes-run.err"
 for i in $(seq 1 "$n"); do
   timeout 200 ncu --clock-control none -k regex:grouped_gemm --launch-skip "$launch" \
     --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
     .dev/sonicmoe-bench --kernels --config "$config" --heat-ms 0 --warmup 0 --iters 1 \
-    > "$out/modes-ncu-$i.txt" 2>&1
+    > "$out/modes-ncu-run.txt" 2>&1
   echo "ncu process $i rc=$? $(grep -E "^ +(Duration|L2 Hit Rate|DRAM Throughput|L2 Cache Throughput|Memory Throughput) " \
-    "$out/modes-ncu-$i.txt" | awk '{$1=$1; print}' | tr '\n' ';')"
+    "$out/modes-ncu-run.txt" | awk '{$1=$1; print}' | tr '\n' ';')"
+  sed "s/^/$i /" "$out/modes-ncu-run.txt" >> "$out/modes-ncu.txt"
 done
+rm -f "$out/modes-ncu-run.txt"
