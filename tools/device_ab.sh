@@ -2,7 +2,7 @@
 # Same-call A/B of two bench binaries: runs them alternately, ROUNDS times
 # each, with the same bench arguments, then prints each table row's values
 # per binary side by side. Leases differ by more than most changes do
-# (docs/NOTES.md: a build's layer figures moved 2-3% from one H200 lease to
+# (docs/NOTES.md: a build's layer figures moved 1-3% from one H200 lease to
 # the next), so a comparison means something only within one call, and
 # only against the parent built as it was (a never-taken branch in the
 # consumers' k-loop moved dW by 4-5%: build the base in a git worktree).
