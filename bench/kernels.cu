@@ -375,15 +375,30 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   progress(tag, std::to_string(cases.size()) + " kernels, each " + std::to_string(st.warmup) +
                     " warm-up + " + std::to_string(st.iters) +
                     " timed runs (median), L2 flushed before each run");
+  // --only: the named cases alone, heat included (what a profiler or a
+  // power trace of one kernel needs).
+  std::vector<bool> timed(cases.size(), true);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    if (std::find(std::begin(kKernelNames), std::end(kKernelNames), cases[i].name) ==
+        std::end(kKernelNames))
+      throw std::logic_error("sonicmoe-bench: kernel '" + cases[i].name +
+                             "' is missing from kKernelNames");
+    if (!st.only.empty())
+      timed[i] = std::find(st.only.begin(), st.only.end(), cases[i].name) != st.only.end();
+  }
   if (st.heat_ms > 0) {
-    progress(tag, "heat: the whole list for " + std::to_string(int(st.heat_ms)) +
+    progress(tag, "heat: the list for " + std::to_string(int(st.heat_ms)) +
                       " ms of device time (the clock under sustained load)");
     heat(s, st.heat_ms, [&] {
-      for (const Case& c : cases) c.run();
+      for (size_t i = 0; i < cases.size(); ++i)
+        if (timed[i]) cases[i].run();
     });
   }
   std::vector<KernelResult> results;
-  for (const Case& c : cases) {
+  std::vector<double> case_ms(cases.size(), 0.0);
+  for (size_t ci = 0; ci < cases.size(); ++ci) {
+    if (!timed[ci]) continue;
+    const Case& c = cases[ci];
     KernelResult k;
     k.config = p.name;
     k.kernel = c.name;
@@ -414,9 +429,11 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
       std::snprintf(buf, sizeof buf, "%-19s %9.1f us  %7.1f GB/s", c.name.c_str(), k.ms * 1e3,
                     k.gbps.value_or(0.0));
     progress(tag, buf);
-    if (!c.parts.empty()) {
+    case_ms[ci] = k.ms;
+    if (!c.parts.empty() &&
+        std::all_of(c.parts.begin(), c.parts.end(), [&](size_t i) { return bool(timed[i]); })) {
       double sum = 0;
-      for (size_t i : c.parts) sum += results[i].ms;
+      for (size_t i : c.parts) sum += case_ms[i];
       std::snprintf(buf, sizeof buf, "%-19s %9.4f ms  the sum of its parts' medians (x%.3f)",
                     c.name.c_str(), sum, k.ms / sum);
       progress(tag, buf);

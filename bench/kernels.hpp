@@ -4,6 +4,7 @@
 // fast the whole layer is, this says which kernel to work on.
 #pragma once
 
+#include <string_view>
 #include <vector>
 
 #include "problem.hpp"
@@ -11,6 +12,13 @@
 #include "runner.hpp"
 
 namespace sonicmoe::bench {
+
+// What --kernels times, in its order (--only picks among them).
+inline constexpr std::string_view kKernelNames[] = {
+    "router_forward", "routing_from_topk", "up_proj",          "down_proj",
+    "aggregate_rows_fwd", "scores_by_position", "dh",           "reduce_dscores",
+    "dw2",            "dx_tilde",          "dw1",              "aggregate_rows_bwd",
+    "forward_sequence", "backward_sequence"};
 
 // On GPU 0, with the engine gemm::engine_for_device picks for it. Throws
 // sonicmoe::Error from the library (Unsupported: no GPU backend or engine)

@@ -134,7 +134,7 @@ int main(int argc, char** argv) {
     problems.push_back(problem_of(sb::kTiny, o));
   }
 
-  const sb::RunSettings settings{o.warmup, o.iters, o.tol, o.heat_ms};
+  const sb::RunSettings settings{o.warmup, o.iters, o.tol, o.heat_ms, o.only};
   if (o.kernels) return run_kernel_mode(problems, settings);
 
   for (auto& p : problems) {

@@ -3,10 +3,12 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <algorithm>
 #include <iomanip>
 #include <string_view>
 
 #include "configs.hpp"
+#include "kernels.hpp"
 
 namespace sonicmoe::bench {
 
@@ -57,6 +59,23 @@ std::vector<std::string> parse_config_names(std::string_view v) {
   return names;
 }
 
+std::vector<std::string> parse_kernel_names(std::string_view v) {
+  std::vector<std::string> names;
+  while (!v.empty()) {
+    const size_t comma = v.find(',');
+    const std::string_view name = v.substr(0, comma);
+    if (std::find(std::begin(kKernelNames), std::end(kKernelNames), name) == std::end(kKernelNames)) {
+      std::string known;
+      for (std::string_view k : kKernelNames) known += (known.empty() ? "" : ", ") + std::string(k);
+      throw UsageError("--only: unknown kernel '" + std::string(name) + "' (one of: " + known + ")");
+    }
+    names.emplace_back(name);
+    v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+  }
+  if (names.empty()) throw UsageError("--only expects a kernel name or a comma-separated list");
+  return names;
+}
+
 constexpr std::pair<std::string_view, TokenRounding> kRoundings[] = {
     {"round-nearest", TokenRounding::Nearest},
     {"round-up", TokenRounding::Up},
@@ -102,6 +121,7 @@ Options parse_options(int argc, char** argv) {
     else if (flag == "--force") no_value(), o.force = true;
     else if (flag == "--kernels") no_value(), o.kernels = true;
     else if (flag == "--config") o.configs = parse_config_names(value());
+    else if (flag == "--only") o.only = parse_kernel_names(value());
     else if (flag == "--warmup") o.warmup = static_cast<int>(parse_int(flag, value(), 0, 100000));
     else if (flag == "--iters") o.iters = static_cast<int>(parse_int(flag, value(), 1, 100000));
     else if (flag == "--heat-ms") o.heat_ms = parse_number(flag, value(), true);
@@ -170,6 +190,7 @@ Options parse_options(int argc, char** argv) {
     throw UsageError("an explicit shape needs all of --T --H --I --E --K; missing: " + missing);
   }
   o.explicit_shape = given == 5;
+  if (!o.only.empty() && !o.kernels) throw UsageError("--only picks kernels of --kernels; add --kernels");
   if (o.kernels && o.routing.rounding)
     throw UsageError("--kernels times the top-K layer's kernels; --routing " +
                      routing_name(o.routing) + " applies to the layer bench only");
@@ -194,7 +215,7 @@ Usage: sonicmoe-bench [--config NAME[,NAME...]|all | --T N --H N --I N --E N --K
                       [--routing M] [--rounding-tile N] [--expert-bias-std X] [--warmup N] [--iters N] [--check C]
                       [--tol X] [--seed N]
                       [--force] [--list] [--help]
-       sonicmoe-bench --kernels [--config NAME[,NAME...]|all | --T .. --K ..]
+       sonicmoe-bench --kernels [--only K[,K...]] [--config NAME[,NAME...]|all | --T .. --K ..]
                       [--activation A] [--bias] [--router R] [--expert-bias-std X]
                       [--warmup N] [--iters N] [--seed N]
 
@@ -249,6 +270,8 @@ Kernels (GPU only)
                      {"config", "kernel", "engine", "device", "ms", "tflops",
                      "gbps", "dense_tflops", "ratio"} on stdout, a table on stderr.
                      No check runs; --check, --tol and --force do not apply.
+  --only K[,K...]    with --kernels: time (and heat) only these kernels, e.g.
+                     up_proj or dw1,forward_sequence (the names of the table)
 
 Without arguments: config 7b-n256 on a GPU; without a GPU the CPU reference
 backend on config 'tiny'.

@@ -34,6 +34,7 @@ struct Options {
   double expert_bias_std = 0.5;
   bool force = false;
   bool kernels = false;  // --kernels: each GPU kernel timed alone (kernels.hpp)
+  std::vector<std::string> only;  // --only: the kernels --kernels times; empty: all
   bool list = false;
   bool help = false;
 };

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "problem.hpp"
 #include "report.hpp"
@@ -19,6 +20,7 @@ struct RunSettings {
   int iters = 20;
   double tol = 2e-2;
   double heat_ms = 0;  // GPU: sustained load before each timed phase (gpu_util.cuh's heat)
+  std::vector<std::string> only;  // --kernels: the kernels to time; empty: all
 };
 
 // Throws sonicmoe::Error from the library and std::runtime_error for
