@@ -10,8 +10,8 @@
 //   fires when their copies have landed. full[s] expects 128 arrivals (plus
 //   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
 //   arrive.expect_tx). Grouped-K copies take their rows' addresses from
-//   shared memory, published 4 stages at a time one chunk ahead behind
-//   named barrier kProducerBarrier (producer threads only; produce_k).
+//   shared memory, published 4 stages at a time one chunk ahead, each warp
+//   the rows it copies, behind a __syncwarp (produce_k).
 // - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs), split the
 //   kTileM-row tile: WG w owns rows w kTileM/2 .. as kSub = kTileM/128 m64
 //   sub-tiles, and all kBN columns. For every
@@ -67,11 +67,9 @@ namespace hw = arch::sm90;
 
 inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 384;
-// Named barriers (0 is __syncthreads'): the producer's staging of gathered
-// row indices; consumer warpgroup w's epilogue barrier (128 threads each);
-// ping-pong: the barrier on which warpgroup w waits for the other's
-// mainloop to end (256: 128 arrive, 128 wait).
-inline constexpr int kProducerBarrier = 2;
+// Named barriers (0 is __syncthreads'): consumer warpgroup w's epilogue
+// barrier (128 threads each); ping-pong: the barrier on which warpgroup w
+// waits for the other's mainloop to end (256: 128 arrive, 128 wait).
 __device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
 __device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
@@ -418,9 +416,12 @@ struct Kernel {
   // two shared buffers, and each chunk's indices are loaded (2 per thread)
   // when the chunk before it starts: their latency hides behind that
   // chunk's copies. The next tile's first chunk is loaded during the
-  // current tile's last one. One named barrier per chunk orders a buffer's
-  // writes (end of chunk c - 1) before its reads (chunk c) and those reads
-  // before its next writes (end of chunk c + 1).
+  // current tile's last one. Each warp publishes the addresses of the
+  // k-rows it copies itself (rows 16 w .. 16 w + 15 of every stage), so a
+  // __syncwarp per chunk orders a buffer's writes (end of chunk c - 1)
+  // before its reads (chunk c) and those reads before its next writes (end
+  // of chunk c + 1); a barrier over the four warps had 13% of the
+  // producer's samples (docs/NOTES.md).
   static constexpr int kChunkStages = 4, kChunkRows = kChunkStages * kBK;
   static_assert(kChunkRows == 2 * 128, "two k-rows per producer thread");
   static_assert(2 * 2 * kChunkRows * 8 == 8192, "the row-address buffers of kSmemBytes");
@@ -428,8 +429,17 @@ struct Kernel {
   struct Chunk {  // a chunk of k-rows whose indices are loaded, not yet published
     Tile tile;
     int64_t k0;
-    int index[2][2];  // [operand][i]: k-row k0 + threadIdx.x + 128 i
+    int index[2][2];  // [operand][i]: k-row k0 + chunk_row(i)
   };
+
+  // The chunk's k-rows whose addresses this thread publishes: stage
+  // 2 (lane / 16) + i, row 16 warp + lane % 16 of it. Warp w thus
+  // publishes rows 16 w .. 16 w + 15 of each of the chunk's four stages,
+  // the rows it copies (copy_mn_major).
+  __device__ static int chunk_row(int i) {
+    const int lane = threadIdx.x & 31;
+    return (2 * (lane >> 4) + i) * kBK + 16 * (threadIdx.x >> 5) + (lane & 15);
+  }
 
   __device__ static void load_chunk(const GemmArgs& g, Chunk& c) {
 #pragma unroll
@@ -438,7 +448,7 @@ struct Kernel {
       const Operand& op = o == 0 ? g.a : g.b;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int64_t kr = c.k0 + threadIdx.x + 128 * i;
+        const int64_t kr = c.k0 + chunk_row(i);
         c.index[o][i] = op.gather && kr < c.tile.k_len ? __ldg(op.gather + c.tile.k_first + kr) : 0;
       }
     }
@@ -452,7 +462,7 @@ struct Kernel {
       const Operand& op = o == 0 ? g.a : g.b;
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const int r = threadIdx.x + 128 * i;
+        const int r = chunk_row(i);
         const int64_t kr = c.k0 + r;
         const bf16_t* row = nullptr;
         if (kr < c.tile.k_len) {
@@ -467,25 +477,26 @@ struct Kernel {
   }
 
   // 64 k-rows x kCols columns by cp.async, as kCols / 64 blocks of 64 rows x
-  // 64 columns; chunk c of block b of k-row j is copied by the thread whose
-  // index, plus 128 i, is (j * kBlocks + b) * 8 + c. `rows` is the shared
-  // address of the stage's 64 published row addresses.
+  // 64 columns; warp w copies k-rows 16 w .. 16 w + 15, chunk c of block b
+  // of its k-row 16 w + j by the lane whose index, plus 32 i, is
+  // (j * kBlocks + b) * 8 + c. `rows` is the shared address of the stage's
+  // 64 published row addresses.
   template <int kCols>
   __device__ static void copy_mn_major(uint32_t dst, uint32_t rows, const bf16_t* any,
                                        int64_t col0, int64_t col_extent) {
-    constexpr int kBlocks = kCols / 64, kPerThread = 64 * kBlocks * 8 / 128;
-    const int c = threadIdx.x & 7;
+    constexpr int kBlocks = kCols / 64, kPerThread = 16 * kBlocks * 8 / 32;
+    const int lane = threadIdx.x & 31, c = lane & 7, j0 = 16 * (threadIdx.x >> 5);
     // All addresses first: the loads are volatile (ordered with the
     // barriers), so each copy would otherwise wait for its own.
     const bf16_t* row[kPerThread];
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
-      const int idx = (threadIdx.x >> 3) + 16 * i;
-      row[i] = reinterpret_cast<const bf16_t*>(arch::lds_u64(rows + idx / kBlocks * 8));
+      const int idx = (lane >> 3) + 4 * i;
+      row[i] = reinterpret_cast<const bf16_t*>(arch::lds_u64(rows + (j0 + idx / kBlocks) * 8));
     }
 #pragma unroll
     for (int i = 0; i < kPerThread; ++i) {
-      const int idx = (threadIdx.x >> 3) + 16 * i, j = idx / kBlocks, b = idx % kBlocks;
+      const int idx = (lane >> 3) + 4 * i, j = j0 + idx / kBlocks, b = idx % kBlocks;
       const int64_t col = col0 + b * 64 + c * 8;
       const bool ok = row[i] != nullptr && col < col_extent;
       arch::cp_async_16(dst + b * kMNBlockBytes + swz(j, c), ok ? row[i] + col : any,
@@ -504,7 +515,7 @@ struct Kernel {
     Chunk next{sched.at(id), 0, {}};
     load_chunk(g, next);
     publish_chunk(g, next, buffers);
-    hw::named_sync(kProducerBarrier, 128);
+    __syncwarp();
     int it = 0, chunk = 0;  // stages and chunks produced so far
     for (;;) {
       const Tile t = next.tile;
@@ -536,7 +547,7 @@ struct Kernel {
           hw::cp_async_mbar_arrive(sm.full + s);
         }
         if (more) publish_chunk(g, next, buffers + ((chunk + 1) & 1) * kBufferBytes);
-        hw::named_sync(kProducerBarrier, 128);
+        __syncwarp();
       }
       if (next_id >= total) return;
       id = next_id;
