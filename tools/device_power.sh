@@ -9,8 +9,11 @@
 # (the kernel alone, HEAT_MS), the kernel timed, then cuBLAS timed; the
 # script prints the median clock and power of the first HEAT_MS - 200 ms
 # under load (the kernel) and of the last 800 ms under load (cuBLAS), and
-# the bench's row. ITERS sizes the timed phases (cuBLAS's must outlast
-# 800 ms). Everything goes to one file, $OUT/power.txt.
+# the bench's row. Read the clock: power.draw is a one-second average, so
+# the kernel's window includes its ramp from idle (and "under load", power
+# above 250 W, starts a few hundred ms late). ITERS sizes the timed phases
+# (cuBLAS's must outlast 800 ms). Everything goes to one file,
+# $OUT/power.txt; the raw samples to $OUT/power-traces.csv.
 # Usage: [HEAT_MS=2000] tools/device_power.sh CONFIG ITERS KERNEL...
 #   tools/device_power.sh 7b-n256 2000 up_proj dh dw1
 set -u
