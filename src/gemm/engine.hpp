@@ -26,8 +26,8 @@ struct LayerDims {
 
 struct RoutingPtrs {
   const int32_t* expert_offsets;  // [E+1]
-  const int32_t* tile_offsets;    // [2][E+1] prefix of ceil(count_e / m_tile()), then of tile
-                                  // pairs: kernels::tile_offsets()
+  const int32_t* tile_offsets;    // [3][E+1] prefixes of ceil(count_e / m_tile()), of its
+                                  // whole pairs and of its odd tiles: kernels::tile_offsets()
   const int32_t* sorted_token;    // [N] position -> token
   const int32_t* sorted_pair;     // [N] position -> pair
   const int32_t* expert_order;    // [E] experts by descending load (grouped-K order), or null

@@ -19,15 +19,17 @@ void check_launch(const char* what) {
 
 constexpr int kScanThreads = kBlockScanThreads;
 
-// tiles[e] = M tiles of experts before e (ceil(count / m_tile) each), and
-// tiles[E + 1 + e] the same in pairs of tiles (ceil(count / 2 m_tile)).
+// tiles[e] = M tiles of experts before e (ceil(count / m_tile) each), then
+// their whole pairs and their odd last tiles (layer_kernels.cuh).
 __global__ void __launch_bounds__(kScanThreads)
     tile_offsets_kernel(const int32_t* __restrict__ offsets, int num_experts, int m_tile,
                         int32_t* __restrict__ tiles) {
-  for (int unit = 1; unit <= 2; ++unit, tiles += num_experts + 1) {
-    const int rows = unit * m_tile;
+  for (int part = 0; part < 3; ++part, tiles += num_experts + 1) {
     block_exclusive_scan(
-        [=](int64_t e) { return (max(0, offsets[e + 1] - offsets[e]) + rows - 1) / rows; },
+        [=](int64_t e) {
+          const int t = (max(0, offsets[e + 1] - offsets[e]) + m_tile - 1) / m_tile;
+          return part == 0 ? t : part == 1 ? t / 2 : t & 1;
+        },
         num_experts, tiles);
   }
 }

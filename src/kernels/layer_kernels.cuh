@@ -13,11 +13,14 @@ namespace sonicmoe::kernels {
 
 using bf16_t = __nv_bfloat16;
 
-// tile_offsets[e] = sum_{e' < e} ceil(count_e' / m_tile), from expert_offsets,
-// and tile_offsets[E + 1 + e] = sum_{e' < e} ceil(count_e' / (2 m_tile)), for
-// the products that schedule M tiles in pairs (2-CTA clusters):
+// Three prefix sums over experts, from expert_offsets, with tiles_e =
+// ceil(count_e / m_tile): tile_offsets[e] = sum_{e' < e} tiles_e'; for the
+// products that schedule M tiles in pairs (2-CTA clusters),
+// tile_offsets[E + 1 + e] = sum_{e' < e} floor(tiles_e' / 2) (whole pairs)
+// and tile_offsets[2 (E + 1) + e] = sum_{e' < e} (tiles_e' mod 2) (each
+// expert's odd last tile, which pairs run two experts at a time):
 // tile_offsets_count(E) ints in all.
-inline int64_t tile_offsets_count(int64_t num_experts) { return 2 * (num_experts + 1); }
+inline int64_t tile_offsets_count(int64_t num_experts) { return 3 * (num_experts + 1); }
 void tile_offsets(const int32_t* expert_offsets, int64_t num_experts, int m_tile,
                   int32_t* tile_offsets, cudaStream_t stream);
 

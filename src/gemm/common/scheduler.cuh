@@ -29,6 +29,7 @@ struct Tile {
   int64_t n0;       // first column
   int64_t k_first;  // first stored row of the K range (Grouping::K: a position)
   int64_t k_len;    // length of the K range
+  bool solo = false;  // Pair::M: the two CTAs of the pair hold different experts' tiles
 };
 
 struct Schedule {
@@ -55,15 +56,20 @@ __device__ __forceinline__ int tile_of(int k) {
 
 // Which tile index the two CTAs of a 2-CTA cluster differ in (they share
 // the other operand, which one TMA multicast brings to both):
-//   M: one scheduled tile is 2 kBM rows, rank r taking rows r kBM .. of it;
-//      Grouping::M counts them with the second half of tile_offsets.
+//   M: one scheduled tile is 2 kBM rows of one expert, rank r taking rows
+//      r kBM .. of it (tile_offsets' whole pairs). An expert with an odd
+//      number of M tiles leaves its last one over; after every whole pair
+//      come these odd tiles two at a time, one per CTA, each CTA loading
+//      its own expert's weights (Tile::solo). (Paired within their expert,
+//      every odd tile had an empty partner computing zeros: 3-4% of the
+//      grouped-M tiles on the canonical configs.)
 //   N: one scheduled tile is 2 kBN columns (Grouping::K only).
-// A half that falls past its expert's rows (M) or the extents is a tile
-// with rows = 0 (or columns past N): it loads zeros, stores nothing, and
-// keeps its CTA in step with the other, whose barriers it shares. (Skipping
-// it instead would not do for solo CTAs either: each skipped id moves a CTA
-// a wave ahead of the rest, and the waves' shared rows and weights then
-// fall out of L2: docs/NOTES.md.)
+// A half that falls past the odd tiles (M) or the extents is a tile with
+// rows = 0 (or columns past N): it loads zeros, stores nothing, and keeps
+// its CTA in step with the other, whose barriers it shares. (Skipping it
+// instead would not do for solo CTAs either: each skipped id moves a CTA a
+// wave ahead of the rest, and the waves' shared rows and weights then fall
+// out of L2: docs/NOTES.md.)
 enum class Pair { None, M, N };
 
 template <Grouping G, int kBM, int kBN, Pair P = Pair::None>
@@ -75,17 +81,37 @@ struct Scheduler {
   static constexpr int kPairM = P == Pair::M ? 2 : 1, kPairN = P == Pair::N ? 2 : 1;
   static_assert(G == Grouping::K || P != Pair::N, "grouped-M pairs split M");
 
-  // Grouping::M: the prefix of scheduled M units (tiles, or pairs of tiles).
+  // Grouping::M: the prefix of scheduled M units (tiles, or whole pairs of
+  // tiles), and with pairs that of the odd tiles left over.
   __device__ const int32_t* m_units() const {
     return s.tile_offsets + (P == Pair::M ? s.num_experts + 1 : 0);
+  }
+  __device__ const int32_t* odd_tiles() const { return s.tile_offsets + 2 * (s.num_experts + 1); }
+  // Largest e with prefix[e] <= v (experts without units have equal
+  // prefixes), from `lo` on: log2(E) dependent loads at most.
+  __device__ int expert_at(const int32_t* prefix, int v, int lo) const {
+    int hi = s.num_experts - 1;
+    if (__ldg(prefix + lo) > v) lo = 0;  // not monotone after all: search everything
+    if (lo < hi && __ldg(prefix + lo + 1) > v) hi = lo;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (__ldg(prefix + mid) <= v) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
   }
 
   __device__ int units_m() const { return (s.m_tiles + kPairM - 1) / kPairM; }
   __device__ int units_n() const { return (s.n_tiles + kPairN - 1) / kPairN; }
 
   __device__ int total() const {
-    if constexpr (G == Grouping::M) return __ldg(m_units() + s.num_experts) * units_n();
-    else return s.num_experts * units_m() * units_n();
+    if constexpr (G == Grouping::M) {
+      int units = __ldg(m_units() + s.num_experts);
+      if constexpr (P == Pair::M) units += (__ldg(odd_tiles() + s.num_experts) + 1) / 2;
+      return units * units_n();
+    } else {
+      return s.num_experts * units_m() * units_n();
+    }
   }
 
   __device__ Tile at(int id) const {
@@ -100,14 +126,13 @@ struct Scheduler {
       // instead of a chain of log2(E) dependent ones, which the consumers
       // wait for at every tile.
       const int32_t* units = m_units();
-      int lo = hint, hi = s.num_experts - 1;
-      if (__ldg(units + lo) > mt) lo = 0;  // not monotone after all: search everything
-      if (lo < hi && __ldg(units + lo + 1) > mt) hi = lo;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (__ldg(units + mid) <= mt) lo = mid;
-        else hi = mid - 1;
+      t.k_first = 0;
+      t.k_len = s.K;
+      if constexpr (P == Pair::M) {
+        const int pairs = __ldg(units + s.num_experts);
+        if (mt >= pairs) return odd_tile(t, mt - pairs);
       }
+      const int lo = expert_at(units, mt, hint);
       hint = lo;
       t.expert = lo;
       // Clamped so that corrupt metadata cannot move a tile out of bounds.
@@ -116,12 +141,10 @@ struct Scheduler {
       t.m0 = begin + static_cast<int64_t>(mt - __ldg(units + lo)) * kBM * kPairM +
              (kPairM > 1 ? rank * kBM : 0);
       t.rows = static_cast<int>(min(static_cast<int64_t>(kBM), end - t.m0));
-      if (t.rows <= 0) {  // the empty half of a pair: keep m0 on a real row
+      if (t.rows <= 0) {  // corrupt metadata: keep m0 on a real row
         t.rows = 0;
         t.m0 = begin;
       }
-      t.k_first = 0;
-      t.k_len = s.K;
     } else {
       const int um = units_m();
       t.expert = s.expert_order ? __ldg(s.expert_order + mt / um) : mt / um;
@@ -130,6 +153,29 @@ struct Scheduler {
       t.k_first = max(0, __ldg(s.expert_offsets + t.expert));
       t.k_len = min(s.positions, static_cast<int64_t>(__ldg(s.expert_offsets + t.expert + 1))) -
                 t.k_first;
+    }
+    return t;
+  }
+
+  // Pair::M: odd-tile unit u, this CTA's half of it (the odd tile 2 u +
+  // rank, or, past the last one, an empty tile of its partner's expert).
+  __device__ Tile odd_tile(Tile t, int u) const {
+    const int32_t* odd = odd_tiles();
+    const int count = __ldg(odd + s.num_experts);
+    const int i = min(2 * u + rank, count - 1);
+    const int e = expert_at(odd, i, 0);
+    const int64_t begin = max(0, __ldg(s.expert_offsets + e));
+    const int64_t end = min(s.positions, static_cast<int64_t>(__ldg(s.expert_offsets + e + 1)));
+    const int tiles = __ldg(s.tile_offsets + e + 1) - __ldg(s.tile_offsets + e);
+    t.expert = e;
+    t.solo = true;
+    t.m0 = begin + static_cast<int64_t>(max(0, tiles - 1)) * kBM;
+    t.rows = 2 * u + rank < count && tiles > 0
+                 ? static_cast<int>(min(static_cast<int64_t>(kBM), end - t.m0))
+                 : 0;
+    if (t.rows <= 0) {
+      t.rows = 0;
+      t.m0 = begin;
     }
     return t;
   }

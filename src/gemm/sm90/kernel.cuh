@@ -304,6 +304,22 @@ struct Kernel {
     return int2{r * kBlocks / 2, (r + 1) * kBlocks / 2};
   }
 
+  // A grouped-M weight tile loaded by this CTA alone: the multicast map's
+  // boxes (half-height when K-major), all of them, to this CTA only.
+  __device__ static void load_b_alone(const Tile& t, int64_t k0, char* stage, uint64_t* full,
+                                      const CUtensorMap* map_b) {
+    if constexpr (MB == Major::K) {
+      constexpr int kBoxRows = kMcastB ? kBN / 2 : kBN;
+      for (int r = 0; r < kBN; r += kBoxRows)
+        box_3d<false>(stage + kABytes + r * 128, map_b, full, static_cast<int>(k0),
+                      static_cast<int>(t.n0) + r, t.expert);
+    } else {
+      for (int blk = 0; blk < kBN / 64; ++blk)
+        box_3d<false>(stage + kABytes + blk * kMNBlockBytes, map_b, full,
+                      static_cast<int>(t.n0) + blk * 64, static_cast<int>(k0), t.expert);
+    }
+  }
+
   __device__ static void issue_tma(const Tile& t, int64_t k0, char* stage, uint64_t* full,
                                    const CUtensorMap* map_a, const CUtensorMap* map_b) {
     if constexpr (kAnyCopy)
@@ -330,7 +346,12 @@ struct Kernel {
       if constexpr (SA == Src::Tma)  // contiguous rows [m0, m0 + 128): 2-D map (k, row)
         hw::tma_load_2d(stage, map_a, full, static_cast<int>(k0), static_cast<int>(t.m0));
       if constexpr (SB == Src::Tma) {
-        if constexpr (MB == Major::K) {  // 3-D map (k, n, expert); multicast: half-height boxes
+        // A pair's odd tiles (Tile::solo) are of different experts: each
+        // CTA loads all of its own weight tile, multicasting nothing.
+        if (kMcastB && t.solo) {
+          load_b_alone(t, k0, stage, full, map_b);
+        } else if constexpr (MB == Major::K) {
+          // 3-D map (k, n, expert); multicast: half-height boxes
           const int half = kMcastB ? static_cast<int>(hw::cluster_rank()) : 0;
           constexpr int kBoxRows = kMcastB ? kBN / 2 : kBN;
           box_3d<kMcastB>(stage + kABytes + half * kBoxRows * 128, map_b, full,
