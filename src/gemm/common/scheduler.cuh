@@ -64,6 +64,8 @@ __device__ __forceinline__ int tile_of(int k) {
 //      every odd tile had an empty partner computing zeros: 3-4% of the
 //      grouped-M tiles on the canonical configs.)
 //   N: one scheduled tile is 2 kBN columns (Grouping::K only).
+// tools/sched_model.py transcribes the grouped-M schedule and checks it on
+// the host (CTest scheduler_model): keep it in step.
 // A half that falls past the odd tiles (M) or the extents is a tile with
 // rows = 0 (or columns past N): it loads zeros, stores nothing, and keeps
 // its CTA in step with the other, whose barriers it shares. (Skipping it
