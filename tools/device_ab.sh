@@ -27,7 +27,7 @@ for i in $(seq 1 "$rounds"); do
     tag=${pair%%:*} bin=${pair#*:}
     start=$(date +%s)
     timeout 300 "$bin" "$@" > /dev/null 2> "$out/ab-run.err"
-    echo "$tag$i rc=$? $(( $(date +%s) - start ))s"
+    echo "$tag$i rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
     # Table rows: a config name, then either a kernel name or numbers.
     grep -E '^[0-9a-z.]+-[0-9a-z.]+ +[0-9a-z_.]+ ' "$out/ab-run.err" | sed "s/^/$tag$i /" >> "$rows"
   done
