@@ -93,37 +93,6 @@ __device__ __forceinline__ void tma_load_3d_mc(void* dst, const CUtensorMap* map
       : "memory");
 }
 
-// TMA stores: a box of shared memory (in the map's swizzle) to global
-// memory, in this thread's bulk async-group. Elements outside the tensor
-// are not written. The shared source may be rewritten only after
-// bulk_wait_read; the CTA may exit only after bulk_wait (its shared memory
-// goes with it).
-__device__ __forceinline__ void tma_store_2d(const CUtensorMap* map, const void* src, int c0,
-                                             int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::
-                   "l"(map),
-               "r"(smem_u32(src)), "r"(c0), "r"(c1)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() {
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-// At most N of this thread's bulk groups still reading shared memory.
-template <int N>
-__device__ __forceinline__ void bulk_wait_read() {
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
-}
-// At most N of this thread's bulk groups not yet complete.
-template <int N>
-__device__ __forceinline__ void bulk_wait() {
-  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ void sts_128(void* p, uint4 v) {
-  asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(p)), "r"(v.x),
-               "r"(v.y), "r"(v.z), "r"(v.w)
-               : "memory");
-}
-
 // -------------------------------------------------------------- clusters --
 __device__ __forceinline__ uint32_t cluster_rank() {
   uint32_t r;

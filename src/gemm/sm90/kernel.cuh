@@ -27,8 +27,7 @@
 //   warpgroup runs its own on the rows it holds, synchronising its 128
 //   threads on named barrier epilogue_barrier(wg) only, in shared memory of
 //   its own. The warpgroups of a cooperative tile are tied by the stages
-//   alone. An epilogue with TMA stores (sm90/epilogues.cuh) keeps them in
-//   flight into the next tile and waits for them in its finish().
+//   alone.
 // - 2-CTA clusters (kCluster = 2): both CTAs of a pair walk the same
 //   scheduled ids (tile_of over clusters) and take the two halves of a
 //   double tile (Pair), so their stage sequences match one for one. The
@@ -667,9 +666,6 @@ struct Kernel {
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
       Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
-    // Epilogues that store asynchronously (sm90/epilogues.cuh) wait here
-    // for their reads of shared memory before the CTA may exit.
-    if constexpr (requires { Epi::finish(frag); }) Epi::finish(frag);
   }
 };
 
