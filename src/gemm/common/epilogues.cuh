@@ -251,19 +251,6 @@ struct UpProjEpilogue : NoPrefetch {
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     const int64_t R = s.N;
-    run(p, s, t, f, [&](int r, int64_t col, uint4 v) {
-      if (r < t.rows && col < R) arch::stg_128(p.h + (t.m0 + r) * R + col, v);
-    });
-  }
-
-  // The epilogue with H's 16-byte pieces handed to store_h(r, col, v): row
-  // r of the tile, absolute column col (a multiple of 8, maybe >= R), as
-  // the Hopper engine's TMA-store variant stages them (sm90/epilogues.cuh).
-  // Called only when p.h is set.
-  template <class F, class StoreH>
-  __device__ __forceinline__ static void run(const Params& p, const Schedule& s, const Tile& t,
-                                             F& f, StoreH&& store_h) {
-    const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
     const int q = threadIdx.x & 3;
     f.for_each_chunk_pair([&](auto k0, auto k1, float2(&lo)[4], float2(&hi)[4]) {
@@ -283,10 +270,11 @@ struct UpProjEpilogue : NoPrefetch {
           lo[j].x += b.x, lo[j].y += b.y, hi[j].x += b.x, hi[j].y += b.y;
         }
       }
+      const bool col_ok = base + 8 * q < R;
       if (p.h) {
         const uint4 h0 = quad_transpose_bf16(lo), h1 = quad_transpose_bf16(hi);
-        store_h(r0, base + 8 * q, h0);
-        store_h(r1, base + 8 * q, h1);
+        if (col_ok && r0 < t.rows) arch::stg_128(p.h + (t.m0 + r0) * R + base + 8 * q, h0);
+        if (col_ok && r1 < t.rows) arch::stg_128(p.h + (t.m0 + r1) * R + base + 8 * q, h1);
       }
       if constexpr (is_gated(Act)) {
         // Word w of lane m holds A columns base / 2 + 4 j + m for j = 2 (w & 1),
@@ -317,7 +305,6 @@ struct UpProjEpilogue : NoPrefetch {
           a1[j] = float2{act::inner<Act>(hi[j].x), act::inner<Act>(hi[j].y)};
         }
         const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
-        const bool col_ok = base + 8 * q < R;
         if (col_ok && r0 < t.rows) arch::stg_128(p.a + (t.m0 + r0) * p.n + base + 8 * q, v0);
         if (col_ok && r1 < t.rows) arch::stg_128(p.a + (t.m0 + r1) * p.n + base + 8 * q, v1);
       }

@@ -1,8 +1,8 @@
 // The Hopper engine: the six products on TMA + wgmma (compiled for sm_90a only).
 //
 // Instantiations (G: grouping; A/B: majorness and source; 128 x 256 tiles,
-// 4 stages of 48 KiB; up_proj 3 and its H blocks):
-//   up_proj   M  A=X[gather] K Copy   B=W1_e K Tma    UpProjHandoffEpilogue<act> x 7
+// 4 stages of 48 KiB):
+//   up_proj   M  A=X[gather] K Copy   B=W1_e K Tma    UpProjEpilogue<act> x 7
 //   down_proj M  A=A         K Tma    B=W2_e K Tma    StoreEpilogue
 //   dh        M  A=dO[gather] K Copy  B=W2_e MN Tma   DHEpilogue<act> x 7
 //   dx_tilde  M  A=dH        K Tma    B=W1_e MN Tma   StoreEpilogue
@@ -156,17 +156,8 @@ class HopperEngine final : public Engine {
                        grouped_m_schedule(L, r, R, L.d, S.bn)};
       const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, S.bn / S.cluster);
       act::dispatch(L.act, [&]<Activation A>() {
-        const typename UpProjEpilogue<A>::Params ep{h, a, w.b1, L.n};
-        if constexpr (S.ping_pong) {
-          launch_m<S, S.cluster, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
-              "up_proj", L, g, kNoMap, mb, ep, st);
-        } else {
-          // H stored by the producer from 64 KiB of blocks, which take a
-          // stage (three serve the up-projection as well as four).
-          constexpr MSchedule S3{S.bn, S.stages - 1, false, S.cluster};
-          launch_m<S3, S.cluster, Major::K, Src::Copy, Major::K, UpProjHandoffEpilogue<A>>(
-              "up_proj", L, g, kNoMap, mb, ep, st);
-        }
+        launch_m<S, S.cluster, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
+            "up_proj", L, g, kNoMap, mb, {h, a, w.b1, L.n}, st);
       });
     });
   }

@@ -28,10 +28,6 @@
 //   threads on named barrier epilogue_barrier(wg) only, in shared memory of
 //   its own. The warpgroups of a cooperative tile are tied by the stages
 //   alone.
-// - Handoffs (kHandoff, sm90/epilogues.cuh): a cooperative epilogue may
-//   stage a block of its output in its shared memory for the producer to
-//   store: the producer copies handed-over blocks out while it waits for
-//   an empty stage, and all that remain after its last stage.
 // - 2-CTA clusters (kCluster = 2): both CTAs of a pair walk the same
 //   scheduled ids (tile_of over clusters) and take the two halves of a
 //   double tile (Pair), so their stage sequences match one for one. The
@@ -64,7 +60,6 @@
 #include "gemm/common/epilogues.cuh"
 #include "gemm/common/operand.cuh"
 #include "gemm/common/scheduler.cuh"
-#include "gemm/sm90/epilogues.cuh"
 
 namespace sonicmoe::gemm::sm90 {
 
@@ -85,14 +80,9 @@ template <Grouping G, bool kPingPong>
 inline constexpr int kProducerRegs = G == Grouping::K ? 96 : kPingPong ? 40 : 56;
 template <Grouping G, bool kPingPong>
 inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : kPingPong ? 232 : 224;
-// What setmaxnreg redistributes is the CTA's allocation at launch, 168
-// registers x 384 threads (65536 / 384, rounded down to a multiple of 8),
-// not the 65536 of the register file: a setmaxnreg.inc asking for more than
-// the decreases freed waits forever (docs/NOTES.md).
-inline constexpr int kRegisterPool = 168 * kThreads;
 template <Grouping G, bool kPingPong>
 inline constexpr bool kRegsFit =
-    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= kRegisterPool;
+    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= 65536;
 static_assert(kRegsFit<Grouping::K, false> && kRegsFit<Grouping::M, false> &&
               kRegsFit<Grouping::M, true>);
 
@@ -206,10 +196,6 @@ struct Kernel {
                 "a grouped-K product needs one cp.async operand to mask the expert edge");
   using EpiParams = typename Epi::Params;
   static constexpr int kNumStages = kStages;
-  // The producer stores what the epilogue stages (sm90/epilogues.cuh).
-  static constexpr bool kHandoff = kHasHandoff<Epi>;
-  static_assert(!kHandoff || (G == Grouping::M && !kPingPong),
-                "handoffs are per cooperative grouped-M tile");
   static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
   // 2-CTA clusters: the two CTAs share one TMA operand, each loading half of
   // its boxes and multicasting them to both. Grouped-M pairs share B (the
@@ -227,11 +213,8 @@ struct Kernel {
     if constexpr (kCluster > 1) return Sched{s, static_cast<int>(hw::cluster_rank())};
     else return Sched{s};
   }
-  // A producer that copies out handoffs needs 8 more registers (56 spilled
-  // 8 bytes), which its consumers give up (the up-projection fits 216).
-  static constexpr int kProducerRegsN = kProducerRegs<G, kPingPong> + (kHandoff ? 8 : 0),
-                       kConsumerRegsN = kConsumerRegs<G, kPingPong> - (kHandoff ? 8 : 0);
-  static_assert(kProducerRegsN * 128 + kConsumerRegsN * 256 <= kRegisterPool);
+  static constexpr int kProducerRegsN = kProducerRegs<G, kPingPong>,
+                       kConsumerRegsN = kConsumerRegs<G, kPingPong>;
 
   static constexpr int kABytes =
       MA == Major::K ? kKMajorBytes<kTileM> : (kTileM / 64) * kMNBlockBytes;
@@ -412,33 +395,8 @@ struct Kernel {
     }
   }
 
-  // kHandoff: consumer warpgroup w's block in its epilogue region.
-  __device__ static HandoffBlock handoff_block(const Smem& sm, int w) {
-    return HandoffBlock{sm.epi + w * (kEpiBytes / 2)};
-  }
-  // Copies out every block handed over and not yet copied (handed[w]: this
-  // warpgroup's handoffs copied so far); with `block`, waits until `until`
-  // of each have been.
-  __device__ static void serve_handoffs(const EpiParams& ep, const Schedule& s, const Smem& sm,
-                                        int (&handed)[2], bool block, int until) {
-#pragma unroll  // handed[] stays in registers
-    for (int w = 0; w < 2; ++w) {
-      const HandoffBlock b = handoff_block(sm, w);
-      while (handed[w] < until || !block) {
-        if (block) hw::mbar_wait(b.full(), handed[w] & 1);
-        else if (!hw::mbar_test(b.full(), handed[w] & 1)) break;
-        Epi::copy_out(ep, s, b.base, threadIdx.x);
-        ++handed[w];
-      }
-    }
-  }
-
   __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
-                                   const CUtensorMap* map_b, const EpiParams& ep,
-                                   const Smem& sm) {
-    [[maybe_unused]] int handed[2] = {0, 0};
-    [[maybe_unused]] bool handoffs = false;
-    if constexpr (kHandoff) handoffs = Epi::handoffs(ep);
+                                   const CUtensorMap* map_b, const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
     int k = 0, id = tile_of<kCluster>(0);
@@ -457,16 +415,7 @@ struct Kernel {
         if (next_id < total) load_row_indices(g, sched.at(next_id), idx);
       for (int kt = 0; kt < ktiles; ++kt, ++it) {
         const int s = it % kStages;
-        if (it >= kStages) {
-          const uint32_t parity = ((it / kStages) - 1) & 1;
-          if constexpr (kHandoff) {
-            // Waiting for a free stage, the producer copies out H blocks.
-            if (handoffs)
-              while (!hw::mbar_test(sm.empty + s, parity))
-                serve_handoffs(ep, g.schedule, sm, handed, false, 0);
-          }
-          hw::mbar_wait(sm.empty + s, parity);
-        }
+        if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
         char* stage = sm.stages + s * kStageBytes;
         const int64_t k0 = static_cast<int64_t>(kt) * kBK;
         if (threadIdx.x == 0 && kTmaBytes > 0) issue_tma(t, k0, stage, sm.full + s, map_a, map_b);
@@ -476,9 +425,6 @@ struct Kernel {
         }
       }
     }
-    // Every tile's blocks (k tiles) before the CTA may exit.
-    if constexpr (kHandoff)
-      if (handoffs) serve_handoffs(ep, g.schedule, sm, handed, true, k);
   }
 
   // ---- grouped-K producer: row addresses published a chunk ahead --------
@@ -631,8 +577,8 @@ struct Kernel {
   }
 
   __device__ static void produce(const GemmArgs& g, const CUtensorMap* map_a,
-                                 const CUtensorMap* map_b, const EpiParams& ep, const Smem& sm) {
-    if constexpr (G == Grouping::M) produce_m(g, map_a, map_b, ep, sm);
+                                 const CUtensorMap* map_b, const Smem& sm) {
+    if constexpr (G == Grouping::M) produce_m(g, map_a, map_b, sm);
     else produce_k(g, map_a, map_b, sm);
   }
 
@@ -718,8 +664,7 @@ struct Kernel {
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
-      if constexpr (kHandoff) Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi, k);
-      else Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
+      Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
   }
 };
@@ -737,11 +682,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       hw::mbar_init(sm.full + s, K::kAnyCopy ? 128 : 1);
       hw::mbar_init(sm.empty + s, K::kConsumersPerStage * K::kClusterSize);
     }
-    if constexpr (K::kHandoff)
-      for (int w = 0; w < 2; ++w) {
-        hw::mbar_init(K::handoff_block(sm, w).full(), 128);
-        hw::mbar_init(K::handoff_block(sm, w).free(), 128);
-      }
     hw::fence_barrier_init();
     if (K::kTmaA) hw::prefetch_tensormap(&map_a);
     if (K::kTmaB) hw::prefetch_tensormap(&map_b);
@@ -753,7 +693,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // One role per warpgroup, one branch each: setmaxnreg needs both.
   if (threadIdx.x < 128) {
     hw::setmaxnreg_dec<K::kProducerRegsN>();
-    K::produce(args, &map_a, &map_b, ep, sm);
+    K::produce(args, &map_a, &map_b, sm);
   } else {
     hw::setmaxnreg_inc<K::kConsumerRegsN>();
     K::consume(args, ep, sm);
