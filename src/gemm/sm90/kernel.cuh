@@ -80,9 +80,14 @@ template <Grouping G, bool kPingPong>
 inline constexpr int kProducerRegs = G == Grouping::K ? 96 : kPingPong ? 40 : 56;
 template <Grouping G, bool kPingPong>
 inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : kPingPong ? 232 : 224;
+// What setmaxnreg redistributes is the CTA's allocation at launch, 168
+// registers x 384 threads (65536 / 384, rounded down to a multiple of 8),
+// not the 65536 of the register file: a setmaxnreg.inc asking for more than
+// the decreases freed waits forever (docs/NOTES.md).
+inline constexpr int kRegisterPool = 168 * kThreads;
 template <Grouping G, bool kPingPong>
 inline constexpr bool kRegsFit =
-    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= 65536;
+    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= kRegisterPool;
 static_assert(kRegsFit<Grouping::K, false> && kRegsFit<Grouping::M, false> &&
               kRegsFit<Grouping::M, true>);
 
