@@ -18,7 +18,7 @@ inline constexpr std::string_view kKernelNames[] = {
     "router_forward", "routing_from_topk", "up_proj",          "down_proj",
     "aggregate_rows_fwd", "scores_by_position", "dh",           "reduce_dscores",
     "dw2",            "dx_tilde",          "dw1",              "aggregate_rows_bwd",
-    "forward_sequence", "backward_sequence"};
+    "forward_sequence", "backward_sequence", "up_proj_inference"};
 
 // On GPU 0, with the engine gemm::engine_for_device picks for it. Throws
 // sonicmoe::Error from the library (Unsupported: no GPU backend or engine)

@@ -264,7 +264,9 @@ Kernels (GPU only)
                      GEMM of the same M, N, K in the same run), aggregate_rows
                      forward and backward, reduce_dscores, router_forward and
                      routing_from_topk (GB/s from the bytes each must move at
-                     least). Median of --iters runs after --warmup, L2 flushed
+                     least), the layer's kernel sequences, and the inference
+                     up-projection (up_proj_inference: A written, H not
+                     kept). Median of --iters runs after --warmup, L2 flushed
                      before each run. Engine: SONICMOE_ENGINE=portable|hopper, or
                      the device's default. Output: one JSON object per kernel
                      {"config", "kernel", "engine", "device", "ms", "tflops",
