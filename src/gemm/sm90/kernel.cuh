@@ -84,7 +84,8 @@ inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : kPingPong ? 232 : 
 // registers x 384 threads (65536 / 384, rounded down to a multiple of 8),
 // not the 65536 of the register file: a setmaxnreg.inc asking for more than
 // the decreases freed waits forever (docs/NOTES.md).
-inline constexpr int kRegisterPool = 168 * kThreads;
+inline constexpr int kRegisterPool = 65536 / kThreads / 8 * 8 * kThreads;
+static_assert(kRegisterPool == 168 * 384);
 template <Grouping G, bool kPingPong>
 inline constexpr bool kRegsFit =
     kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= kRegisterPool;
