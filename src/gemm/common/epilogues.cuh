@@ -34,16 +34,6 @@
 // Where the mainloop waits on cp.async groups of its own (the portable
 // engine's stages), the prefetch's groups come before them (sm80/kernel.cuh,
 // the contract).
-//
-// Deferred stores (optional, the Hopper cooperative kernel only). A policy
-// with kDeferredChunks<F> = D > 0 also has
-//   apply(p, s, t, f, smem, Deferred<D>& d)  apply, but D of the thread's
-//                        16-byte stores are left in d instead of issued
-//   drain<i>(p, s, f, d)  issues d's store i (what apply would have stored)
-// and the kernel drains a tile's d during the next tile's first stages,
-// between a stage's wgmma commit and its wait: the store path then drains
-// while the tensor cores run the next tile, and no shared memory is spent
-// (every shared-memory staging of the stores lost: docs/NOTES.md).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -195,24 +185,6 @@ concept EpiloguePolicy = requires {
 };
 
 // The policies that read nothing but the accumulator prefetch nothing.
-// A tile's deferred stores: D 16-byte values per thread, in registers (the
-// kernel indexes v by constants only), and where their tile lies.
-template <int D>
-struct Deferred {
-  uint4 v[D];
-  int64_t m0, n0;
-  int rows;
-};
-
-// D of a policy (0: it defers nothing).
-template <class Epi, class F>
-__host__ __device__ constexpr int deferred_chunks() {
-  if constexpr (requires { Epi::template kDeferredChunks<F>; })
-    return Epi::template kDeferredChunks<F>;
-  else
-    return 0;
-}
-
 struct NoPrefetch {
   template <int kBM, class P, class F>
   __device__ static void prefetch(const P&, const Schedule&, const Tile&, F&, char*) {}
@@ -276,39 +248,8 @@ struct UpProjEpilogue : NoPrefetch {
     return 0;
   }
 
-  // H's stores may be deferred, one per accumulator chunk of the view:
-  // 64 KiB of the 96 KiB a 128 x 256 tile writes (docs/NOTES.md).
-  template <class F>
-  static constexpr int kDeferredChunks = F::kChunks;
-
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
-    run(p, s, t, f, [&](auto, int r, int64_t col, uint4 v) {
-      if (col < s.N && r < t.rows) arch::stg_128(p.h + (t.m0 + r) * s.N + col, v);
-    });
-  }
-  template <int kBM, int kBN, class F, int D>
-  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*,
-                               Deferred<D>& d) {
-    static_assert(D == F::kChunks);
-    d.m0 = t.m0, d.n0 = t.n0, d.rows = t.rows;
-    run(p, s, t, f, [&](auto k, int, int64_t, uint4 v) { d.v[decltype(k)::value] = v; });
-  }
-  // Deferred chunk i: chunk i's H row and columns of d's tile.
-  template <int i, class F, int D>
-  __device__ static void drain(const Params& p, const Schedule& s, const F& f,
-                               const Deferred<D>& d) {
-    if (!p.h) return;
-    const int r = f.template chunk_row<i>();
-    const int64_t col = d.n0 + f.template chunk_col<i>();
-    if (col < s.N && r < d.rows) arch::stg_128(p.h + (d.m0 + r) * s.N + col, d.v[i]);
-  }
-
- private:
-  // store_h(k, row, col, v): H's 8 columns col .. of tile row `row`, chunk k.
-  template <class F, class StoreH>
-  __device__ static void run(const Params& p, const Schedule& s, const Tile& t, F& f,
-                             StoreH&& store_h) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
     const int q = threadIdx.x & 3;
@@ -329,9 +270,11 @@ struct UpProjEpilogue : NoPrefetch {
           lo[j].x += b.x, lo[j].y += b.y, hi[j].x += b.x, hi[j].y += b.y;
         }
       }
+      const bool col_ok = base + 8 * q < R;
       if (p.h) {
-        store_h(k0, r0, base + 8 * q, quad_transpose_bf16(lo));
-        store_h(k1, r1, base + 8 * q, quad_transpose_bf16(hi));
+        const uint4 h0 = quad_transpose_bf16(lo), h1 = quad_transpose_bf16(hi);
+        if (col_ok && r0 < t.rows) arch::stg_128(p.h + (t.m0 + r0) * R + base + 8 * q, h0);
+        if (col_ok && r1 < t.rows) arch::stg_128(p.h + (t.m0 + r1) * R + base + 8 * q, h1);
       }
       if constexpr (is_gated(Act)) {
         // Word w of lane m holds A columns base / 2 + 4 j + m for j = 2 (w & 1),
@@ -362,7 +305,6 @@ struct UpProjEpilogue : NoPrefetch {
           a1[j] = float2{act::inner<Act>(hi[j].x), act::inner<Act>(hi[j].y)};
         }
         const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
-        const bool col_ok = base + 8 * q < R;
         if (col_ok && r0 < t.rows) arch::stg_128(p.a + (t.m0 + r0) * p.n + base + 8 * q, v0);
         if (col_ok && r1 < t.rows) arch::stg_128(p.a + (t.m0 + r1) * p.n + base + 8 * q, v1);
       }
