@@ -154,11 +154,10 @@ class HopperEngine final : public Engine {
     with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), Operand{},
                        grouped_m_schedule(L, r, R, L.d, S.bn)};
-      const CUtensorMap ma = tma_rows_2d(x, L.T, L.d, 1);
       const CUtensorMap mb = tma_experts_3d(w.w1, L.E, R, L.d, S.bn / S.cluster);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch_m<S, S.cluster, Major::K, Src::TmaRows, Major::K, UpProjEpilogue<A>>(
-            "up_proj", L, g, ma, mb, {h, a, w.b1, L.n}, st);
+        launch_m<S, S.cluster, Major::K, Src::Copy, Major::K, UpProjEpilogue<A>>(
+            "up_proj", L, g, kNoMap, mb, {h, a, w.b1, L.n}, st);
       });
     });
   }
@@ -182,11 +181,10 @@ class HopperEngine final : public Engine {
     with_m_schedule([&]<MSchedule S>() {
       const GemmArgs g{rows_of(dout, L.d, L.T, r.sorted_token), Operand{},
                        grouped_m_schedule(L, r, L.n, L.d, S.bn)};
-      const CUtensorMap ma = tma_rows_2d(dout, L.T, L.d, 1);
       const CUtensorMap mb = tma_experts_3d(w.w2, L.E, L.d, L.n, 64);
       act::dispatch(L.act, [&]<Activation A>() {
-        launch_m<S, S.cluster, Major::K, Src::TmaRows, Major::MN, DHEpilogue<A>>(
-            "dh", L, g, ma, mb, {h, scores, dh, ap, ds_part}, st);
+        launch_m<S, S.cluster, Major::K, Src::Copy, Major::MN, DHEpilogue<A>>(
+            "dh", L, g, kNoMap, mb, {h, scores, dh, ap, ds_part}, st);
       });
     });
   }

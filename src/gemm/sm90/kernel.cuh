@@ -94,10 +94,8 @@ static_assert(kRegsFit<Grouping::K, false> && kRegsFit<Grouping::M, false> &&
 
 // How an operand's stage arrives in shared memory.
 enum class Src {
-  Tma,      // a TMA box: weights, or rows that need no masking at an expert edge
-  Copy,     // cp.async by the producer warpgroup: gathered or expert-bounded rows
-  TmaRows,  // grouped-M gathered K-major rows, one 1-row TMA box each (the
-            // box lands swizzled by its shared-memory address)
+  Tma,   // a TMA box: weights, or rows that need no masking at an expert edge
+  Copy,  // cp.async by the producer warpgroup: gathered or expert-bounded rows
 };
 
 struct GemmArgs {
@@ -204,8 +202,7 @@ struct Kernel {
                 "a grouped-K product needs one cp.async operand to mask the expert edge");
   using EpiParams = typename Epi::Params;
   static constexpr int kNumStages = kStages;
-  static constexpr bool kTmaA = SA == Src::Tma || SA == Src::TmaRows, kTmaB = SB == Src::Tma;
-  static_assert(SA != Src::TmaRows || (G == Grouping::M && MA == Major::K));
+  static constexpr bool kTmaA = SA == Src::Tma, kTmaB = SB == Src::Tma;
   // 2-CTA clusters: the two CTAs share one TMA operand, each loading half of
   // its boxes and multicasting them to both. Grouped-M pairs share B (the
   // expert's weights) and split M; grouped-K pairs share their TMA operand
@@ -231,7 +228,7 @@ struct Kernel {
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
   static constexpr uint32_t kTmaBytes =
-      (kTmaA ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
+      (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
   // One region per consumer warpgroup (FragView: 128 threads each).
   static constexpr int kEpiBytes = Epi::template smem_bytes<kTileM, 128>() * 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
@@ -404,60 +401,8 @@ struct Kernel {
     }
   }
 
-  // TmaRows: warp 0 alone; lane l issues rows l + 32 i, i < 4, whose
-  // coordinates (the gathered row, clamped) are loaded a tile ahead. Every
-  // stage carries the same bytes: rows past the tile's valid ones repeat
-  // its last valid row, and an empty tile (a pair's empty half) loads
-  // stored row 0, whose products are never stored.
-  __device__ static void load_row_coords(const GemmArgs& g, const Tile& t, int32_t (&c)[4]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = min(static_cast<int>(threadIdx.x) + 32 * i, t.rows - 1);
-      int64_t row = 0;
-      if (r >= 0)
-        row = g.a.gather ? min(max(int64_t{0}, static_cast<int64_t>(__ldg(g.a.gather + t.m0 + r))),
-                               g.a.rows - 1)
-                         : t.m0 + r;
-      c[i] = static_cast<int32_t>(row);
-    }
-  }
-  __device__ static void produce_m_rows(const GemmArgs& g, const CUtensorMap* map_a,
-                                        const CUtensorMap* map_b, const Smem& sm) {
-    if (threadIdx.x >= 32) return;
-    const Sched sched = scheduler(g.schedule);
-    const int total = sched.total();
-    int k = 0, id = tile_of<kCluster>(0);
-    int32_t coord[4], next[4];
-    if (id < total) load_row_coords(g, sched.at(id), next);
-    int it = 0;
-    for (int next_id; id < total; id = next_id) {
-      const Tile t = sched.at(id);
-      const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) coord[i] = next[i];
-      next_id = tile_of<kCluster>(++k);
-      if (next_id < total) load_row_coords(g, sched.at(next_id), next);
-      for (int kt = 0; kt < ktiles; ++kt, ++it) {
-        const int s = it % kStages;
-        if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
-        char* stage = sm.stages + s * kStageBytes;
-        const int64_t k0 = static_cast<int64_t>(kt) * kBK;
-        if (threadIdx.x == 0) issue_tma(t, k0, stage, sm.full + s, map_a, map_b);
-        __syncwarp();
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          hw::tma_load_2d(stage + (threadIdx.x + 32 * i) * 128, map_a, sm.full + s,
-                          static_cast<int>(k0), coord[i]);
-      }
-    }
-  }
-
   __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
                                    const CUtensorMap* map_b, const Smem& sm) {
-    if constexpr (SA == Src::TmaRows) {
-      produce_m_rows(g, map_a, map_b, sm);
-      return;
-    }
     const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
     int k = 0, id = tile_of<kCluster>(0);
