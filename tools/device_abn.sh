@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Same-call comparison of any number of bench binaries (tools/device_ab.sh
+# takes two): runs them in turn, ROUNDS times, with the same bench
+# arguments, then prints one line per table row (config and kernel, or
+# config for layer rows) with every binary's values, run by run. Useful
+# when a trial has timing-only variants (a feature off, a hint on) that
+# must be read against the same base in one lease: leases differ by more
+# than most changes do (docs/NOTES.md). Everything goes to one file,
+# $OUT/abn.txt, since $OUT returns at most 8 files.
+# Usage: tools/device_abn.sh ROUNDS BIN... -- BENCH-ARGS...
+#   tools/device_abn.sh 3 .dev/bench-base .dev/bench-a .dev/bench-b -- \
+#     --kernels --config 7b-n256,120b-n2048 --only up_proj,forward_sequence
+# A binary given as NAME may arrive gzipped as NAME.gz: it is unpacked
+# first. SONICMOE_ENGINE defaults to hopper. Layer rows show fwd/bwd ms.
+set -u
+rounds=$1
+shift
+bins=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do bins+=("$1"); shift; done
+[ $# -gt 0 ] && shift
+out=${OUT:-/tmp}
+log=$out/abn.txt
+work=$(mktemp -d)
+export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
+for b in "${bins[@]}"; do [ -f "$b.gz" ] && [ ! -f "$b" ] && gunzip "$b.gz"; done
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
+for i in $(seq 1 "$rounds"); do
+  for j in "${!bins[@]}"; do
+    start=$(date +%s)
+    timeout 300 "${bins[$j]}" "$@" > /dev/null 2> "$work/run.err"
+    echo "${bins[$j]} round $i: rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
+    # Table rows: a config name, then either a kernel name or numbers.
+    grep -E '^[0-9a-z.]+-[0-9a-z.]+ +[0-9a-z_.]+ ' "$work/run.err" | sed "s/^/$j /" >> "$work/rows"
+  done
+done
+# Per row: for each binary, its runs' first value (ms), or fwd/bwd ms.
+awk -v n="${#bins[@]}" '
+  { if ($3 ~ /^[0-9.]+$/) { key = $2; v = $3 "/" $4 } else { key = $2 " " $3; v = $4 }
+    if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
+    vals[key, $1] = vals[key, $1] " " v }
+  END { for (k = 1; k <= nk; ++k) {
+          line = sprintf("%-32s", order[k])
+          for (b = 0; b < n; ++b) line = line sprintf(" |%d:%s", b, vals[order[k], b])
+          print line } }' "$work/rows" | tee -a "$log"
+for j in "${!bins[@]}"; do echo "$j = ${bins[$j]}" | tee -a "$log"; done
+rm -rf "$work"
