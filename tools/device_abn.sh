@@ -6,20 +6,28 @@
 # when a trial has timing-only variants (a feature off, a hint on) that
 # must be read against the same base in one lease: leases differ by more
 # than most changes do (docs/NOTES.md). Everything goes to one file,
-# $OUT/abn.txt, since $OUT returns at most 8 files.
-# Usage: tools/device_abn.sh ROUNDS BIN... -- BENCH-ARGS...
-#   tools/device_abn.sh 3 .dev/bench-base .dev/bench-a .dev/bench-b -- \
+# $OUT/abn.txt ($ABN_LOG if set), since $OUT returns at most 8 files:
+# every run's table rows (TF/s, dense ratios), then the summary.
+# Usage: tools/device_abn.sh ROUNDS [LABEL=]BIN... -- BENCH-ARGS...
+#   tools/device_abn.sh 3 base=.dev/bench-base a=.dev/bench-a .dev/bench-b -- \
 #     --kernels --config 7b-n256,120b-n2048 --only up_proj,forward_sequence
-# A binary given as NAME may arrive gzipped as NAME.gz: it is unpacked
-# first. SONICMOE_ENGINE defaults to hopper. Layer rows show fwd/bwd ms.
+# A binary without a label is labelled by its path. A binary given as NAME
+# may arrive gzipped as NAME.gz: it is unpacked first. SONICMOE_ENGINE
+# defaults to hopper. Layer rows show fwd/bwd ms.
 set -u
 rounds=$1
 shift
-bins=()
-while [ $# -gt 0 ] && [ "$1" != "--" ]; do bins+=("$1"); shift; done
+labels=() bins=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+  case $1 in
+    *=*) labels+=("${1%%=*}") bins+=("${1#*=}") ;;
+    *) labels+=("$1") bins+=("$1") ;;
+  esac
+  shift
+done
 [ $# -gt 0 ] && shift
 out=${OUT:-/tmp}
-log=$out/abn.txt
+log=$out/${ABN_LOG:-abn.txt}
 work=$(mktemp -d)
 export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
 for b in "${bins[@]}"; do [ -f "$b.gz" ] && [ ! -f "$b" ] && gunzip "$b.gz"; done
@@ -28,19 +36,22 @@ for i in $(seq 1 "$rounds"); do
   for j in "${!bins[@]}"; do
     start=$(date +%s)
     timeout 300 "${bins[$j]}" "$@" > /dev/null 2> "$work/run.err"
-    echo "${bins[$j]} round $i: rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
+    echo "${labels[$j]} round $i: rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
     # Table rows: a config name, then either a kernel name or numbers.
     grep -E '^[0-9a-z.]+-[0-9a-z.]+ +[0-9a-z_.]+ ' "$work/run.err" | sed "s/^/$j /" >> "$work/rows"
   done
 done
+awk -v names="${labels[*]}" 'BEGIN { split(names, l, " ") } { $1 = l[$1 + 1]; print }' \
+  "$work/rows" >> "$log"
+
 # Per row: for each binary, its runs' first value (ms), or fwd/bwd ms.
-awk -v n="${#bins[@]}" '
+awk -v n="${#bins[@]}" -v names="${labels[*]}" '
+  BEGIN { split(names, l, " ") }
   { if ($3 ~ /^[0-9.]+$/) { key = $2; v = $3 "/" $4 } else { key = $2 " " $3; v = $4 }
     if (!(key in seen)) { seen[key] = 1; order[++nk] = key }
     vals[key, $1] = vals[key, $1] " " v }
   END { for (k = 1; k <= nk; ++k) {
           line = sprintf("%-32s", order[k])
-          for (b = 0; b < n; ++b) line = line sprintf(" |%d:%s", b, vals[order[k], b])
+          for (b = 0; b < n; ++b) line = line sprintf(" | %s%s", l[b + 1], vals[order[k], b])
           print line } }' "$work/rows" | tee -a "$log"
-for j in "${!bins[@]}"; do echo "$j = ${bins[$j]}" | tee -a "$log"; done
 rm -rf "$work"
