@@ -373,7 +373,9 @@ std::vector<KernelResult> run_kernels(const Problem& p, const RunSettings& st) {
   sequence("backward_sequence", 5, parts_end - 1);  // scores_by_position .. aggregate_rows_bwd
   // The up-projection of an inference forward (ForwardMode::Inference): A
   // alone is written, H is not kept. Beside up_proj it says what storing H
-  // costs (docs/NOTES.md: 7% on 7b-n256, 2-3% on 120b-n2048).
+  // costs, but timed last in the list it reads up to 20% faster than alone:
+  // compare the two with --only, one at a time (docs/NOTES.md: 8% on
+  // 7b-n256 alone and under ncu's locked clock).
   cases.push_back({"up_proj_inference", [&] { engine.up_proj(L, r, W, x, nullptr, a, s); },
                    2.0 * Nd * double(R) * dd, 0, Dense{N, R, d, false, false, y, W.w1, h}});
 
