@@ -130,6 +130,7 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   moe_forward(fa);
 
   LibResult r;
+  r.act = L.act;
   r.out = to_doubles(out);
   if (mode == ForwardMode::Training) r.h = to_doubles(h);
   r.expert_offsets = to_ints(eoff);
@@ -179,8 +180,12 @@ std::vector<double> LibResult::h_pair_order() const {
   if (N == 0) return {};
   const size_t R = h.size() / N;
   std::vector<double> r(h.size());
-  for (size_t i = 0; i < N; ++i)
-    std::copy_n(h.begin() + static_cast<int64_t>(pair_position[i] * R), R, r.begin() + i * R);
+  for (size_t i = 0; i < N; ++i) {
+    if (pair_position[i] < 0) continue;  // a dropped pair: no row
+    const double* row = h.data() + static_cast<int64_t>(pair_position[i]) * R;
+    for (size_t j = 0; j < R; ++j)
+      r[i * R + j] = row[h_stored_column(static_cast<int64_t>(j), static_cast<int64_t>(R), act)];
+  }
   return r;
 }
 

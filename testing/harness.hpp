@@ -48,9 +48,11 @@ double round_to_f32(double v);
 
 // What the library computed, converted to double. Gradients are filled only
 // when `backward` is set; h only in training mode. h is stored by the library
-// in expert-sorted position order (row p); h_pair_order() reorders it by pair
-// like the oracle's NaiveForward::h.
+// in expert-sorted position order (row p) and its own column layout
+// (h_stored_column); h_pair_order() reorders it by pair and by column like
+// the oracle's NaiveForward::h.
 struct LibResult {
+  Activation act = Activation::SwiGLU;
   std::vector<double> out, h;
   std::vector<double> h_pair_order() const;
   std::vector<double> dx, dw1, db1, dw2, db2, dscores;

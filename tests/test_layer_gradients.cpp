@@ -243,8 +243,10 @@ TEST_P(LayerGradients, ReferenceMatchesFiniteDifferences) {
   const NaiveForward naive = naive_forward(L);
   EXPECT_LE(compare(out, naive.out).rel(), 1e-12);
   std::vector<double> h_pairs(h.size());
-  for (int64_t i = 0; i < L.N(); ++i)
-    std::copy_n(h.begin() + m.pair_position[i] * L.R(), L.R(), h_pairs.begin() + i * L.R());
+  const int64_t R = L.R();
+  for (int64_t i = 0; i < L.N(); ++i)  // rows by pair, columns out of h's layout
+    for (int64_t j = 0; j < R; ++j)
+      h_pairs[i * R + j] = h[m.pair_position[i] * R + h_stored_column(j, R, L.act)];
   EXPECT_LE(compare(h_pairs, naive.h).rel(), 1e-12);
 
   // The backward gets the H this forward saved, bit for bit.

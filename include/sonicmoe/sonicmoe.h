@@ -149,6 +149,13 @@ SMOE_API smoe_status_t smoe_interleave_gate_up(const smoe_tensor_t* src, const s
 SMOE_API smoe_status_t smoe_deinterleave_gate_up(const smoe_tensor_t* src,
                                                  const smoe_tensor_t* dst, void* stream);
 
+/* Where column `column` of a saved h row of `width` (R) values is stored
+   (sonicmoe::h_stored_column): h is written in the library's layout, and a
+   caller that reads it (not only hands it back to smoe_moe_backward) finds
+   column j of pair p at h[p][*stored]. */
+SMOE_API smoe_status_t smoe_h_stored_column(int64_t column, int64_t width, int32_t activation,
+                                            int64_t* stored);
+
 SMOE_API int32_t smoe_cuda_device_count(void);
 SMOE_API const char* smoe_version(void);
 SMOE_API int32_t smoe_abi_version(void);

@@ -136,13 +136,15 @@ struct MoeProblem {
 };
 
 enum class ForwardMode : int32_t {
-  Training = 0,   // writes the pre-activation H [N, R] for backward
+  Training = 0,   // writes the pre-activation H [N, R] for backward (h)
   Inference = 1,  // keeps nothing; h must be absent
 };
 
 // x [T, d] bf16; w1 [E, R, d] bf16; b1 [E, R] bf16 (optional);
 // w2 [E, d, n] bf16; b2 [E, d] bf16 (optional); scores f32 with N elements
-// ([T, K] or [N], in pair order); out [T, d] bf16; h [N, R] bf16.
+// ([T, K] or [N], in pair order); out [T, d] bf16; h [N, R] bf16, its rows
+// in position order and its columns in the library's layout
+// (h_stored_column, types.hpp: the same on every backend).
 // d and n must be multiples of 8 (16-byte rows).
 struct MoeForwardArgs {
   Tensor x, w1, b1, w2, b2, scores;

@@ -95,6 +95,25 @@ constexpr bool is_gated(Activation a) {
   return a == Activation::SwiGLU || a == Activation::GeGLU || a == Activation::ReGLU;
 }
 
+// The layout of the saved pre-activation h [N, R] that moe_forward writes
+// and moe_backward reads; a caller that only hands it back never needs it.
+// Non-gated activations store column j at j. Gated ones store each row in
+// the order the up-projection's accumulator holds it, so that its epilogue
+// writes registers as they are, with no shuffles: a row is cut into blocks
+// of 32 columns (the last one 16 wide when R % 32 == 16), and in a block of
+// G groups of 8 columns (G = 4, or 2 in that short block) the column
+// 8 a + 2 b + e of the block (group a, pair b; e = 0 gate, 1 up) is stored
+// at 2 (G b + a) + e. A (gate, up) pair stays adjacent. Returns where
+// column j (0 <= j < R) of a row is stored; R is a multiple of 16 when
+// gated (2n, n a multiple of 8).
+constexpr int64_t h_stored_column(int64_t j, int64_t R, Activation a) {
+  if (!is_gated(a)) return j;
+  const int64_t block = j & ~int64_t{31};
+  const int64_t groups = R - block >= 32 ? 4 : (R - block) / 8;
+  const int64_t o = j - block;
+  return block + 2 * (groups * ((o >> 1) & 3) + (o >> 3)) + (o & 1);
+}
+
 const char* to_string(Activation a);
 const char* to_string(DType t);
 const char* to_string(RouterOrder o);

@@ -143,6 +143,20 @@ void check_problem(Checker& c, const MoeProblem& p) {
 
 }  // namespace
 
+namespace detail {
+
+int64_t checked_h_stored_column(int64_t column, int64_t width, Activation activation) {
+  Checker c("h_stored_column");
+  check_activation(c, activation);
+  const int64_t unit = is_gated(activation) ? 16 : 8;
+  c.require(width > 0 && width % unit == 0, "width",
+            "a positive multiple of " + std::to_string(unit), std::to_string(width));
+  check_count(c, "column", column, 0, width - 1);
+  return h_stored_column(column, width, activation);
+}
+
+}  // namespace detail
+
 // ------------------------------------------------------------------ router --
 
 void router_forward(const RouterArgs& a, Stream stream) {

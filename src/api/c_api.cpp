@@ -9,6 +9,8 @@
 
 #include <sonicmoe/sonicmoe.hpp>
 
+#include "api/validate.hpp"
+
 namespace sonicmoe {
 namespace {
 
@@ -278,6 +280,15 @@ smoe_status_t smoe_deinterleave_gate_up(const smoe_tensor_t* src, const smoe_ten
     SMOE_REQUIRE_PTR(src);
     SMOE_REQUIRE_PTR(dst);
     deinterleave_gate_up(to_cpp(*src), to_cpp(*dst), stream);
+  });
+}
+
+smoe_status_t smoe_h_stored_column(int64_t column, int64_t width, int32_t activation,
+                                   int64_t* stored) {
+  constexpr const char* kCall = "h_stored_column";
+  return guarded([&] {
+    SMOE_REQUIRE_PTR(stored);
+    *stored = detail::checked_h_stored_column(column, width, static_cast<Activation>(activation));
   });
 }
 

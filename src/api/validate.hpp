@@ -51,4 +51,9 @@ class Checker {
   bool has_device_ = false;
 };
 
+// h_stored_column (types.hpp) with its arguments checked, for the C ABI:
+// 0 <= column < width, a valid activation, width a multiple of 16 when
+// gated (2n, n a multiple of 8) and of 8 otherwise.
+int64_t checked_h_stored_column(int64_t column, int64_t width, Activation activation);
+
 }  // namespace sonicmoe::detail

@@ -20,6 +20,12 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint3
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
                "r"(src_bytes));
 }
+// 8-byte global -> shared copy (through L1, as below: only 16 bytes may
+// take .cg).
+__device__ __forceinline__ void cp_async_8(uint32_t dst, const void* src, uint32_t src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
 // 4-byte global -> shared copy (cp.async of 4 bytes must go through L1: .ca).
 __device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src, uint32_t src_bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
@@ -52,6 +58,19 @@ __device__ __forceinline__ uint4 lds_128(uint32_t addr) {
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "r"(addr));
   return v;
+}
+
+// At p, all of v if `wide`, else its first 8 bytes if `narrow`: one
+// address and two predicated stores, no branch (a branch between the two
+// made the portable up-projection spill under its 128-register cap).
+__device__ __forceinline__ void stg_128_or_64(void* p, uint4 v, bool wide, bool narrow) {
+  asm volatile(
+      "{\n .reg .pred w, n;\n setp.ne.b32 w, %5, 0;\n setp.ne.b32 n, %6, 0;\n"
+      " @w st.global.v4.b32 [%0], {%1, %2, %3, %4};\n"
+      " @n st.global.v2.b32 [%0], {%1, %2};\n}\n" ::"l"(p),
+      "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(static_cast<int>(wide)),
+      "r"(static_cast<int>(!wide && narrow))
+      : "memory");
 }
 
 // 16- and 8-byte global stores. Written as C++ (a uint4 assignment), a store

@@ -65,7 +65,9 @@ inline Acc dot(const T* a, const T* b, int64_t len) {
   return s;
 }
 
-// Scratch: a [N, n], y [N, d]. h [N, R] may be null (inference).
+// Scratch: a [N, n], y [N, d]. h [N, R] may be null (inference); it is
+// stored in the library's layout (h_stored_column, types.hpp), as every
+// backend stores it.
 template <Activation A, class T, class Acc>
 void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
   const int64_t d = L.d, n = L.n, R = L.R();
@@ -76,7 +78,7 @@ void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
     const T* w = L.w1 + e * R * d;
     auto pre = [&](int64_t j) {
       Acc v = dot<Acc>(xr, w + j * d, d) + (L.b1 ? ld<Acc>(L.b1[e * R + j]) : Acc(0));
-      if (h) h[p * R + j] = st<T>(v);
+      if (h) h[p * R + h_stored_column(j, R, A)] = st<T>(v);
       return v;
     };
     for (int64_t j = 0; j < n; ++j) {
@@ -135,7 +137,9 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
       const Acc da = s * dap[j];
       Acc aj;
       if constexpr (is_gated(A)) {
-        const Acc g = ld<Acc>(hr[2 * j]), u = ld<Acc>(hr[2 * j + 1]);
+        // A pair stays adjacent in h's layout.
+        const int64_t c = h_stored_column(2 * j, R, A);
+        const Acc g = ld<Acc>(hr[c]), u = ld<Acc>(hr[c + 1]);
         aj = act::gated<A>(g, u);
         act::gated_grad<A>(g, u, da, dhr[2 * j], dhr[2 * j + 1]);
       } else {

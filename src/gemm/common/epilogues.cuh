@@ -162,6 +162,12 @@ struct ChunkWalks {
   }
 };
 
+// Four pairs rounded to bf16, in their order.
+__device__ __forceinline__ uint4 pack_pairs(const float2 (&p)[4]) {
+  return uint4{arch::pack_bf16x2(p[0].x, p[0].y), arch::pack_bf16x2(p[1].x, p[1].y),
+               arch::pack_bf16x2(p[2].x, p[2].y), arch::pack_bf16x2(p[3].x, p[3].y)};
+}
+
 __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return uint4{arch::pack_bf16x2(v[0], v[1]), arch::pack_bf16x2(v[2], v[3]),
                arch::pack_bf16x2(v[4], v[5]), arch::pack_bf16x2(v[6], v[7])};
@@ -228,17 +234,20 @@ struct StoreEpilogue : NoPrefetch {
 // Up-projection: H = acc + b1 (kept for backward in training mode) and
 // A = act(H) (temporary). Gated: the pair (col, col+1) is (gate_j, up_j)
 // with j = col / 2. A is computed from the fp32 values, H rounded to bf16.
-// Both are computed on the pairs as the accumulator holds them, and only
-// the bf16 results are transposed for 16-byte stores: a gated activation's
-// pair is already in one thread, and a word transpose costs half the
-// shuffles and selects of a float2 one (the fp32 transposes were 30% of
-// the epilogue's samples: docs/NOTES.md). Per chunk pair (rows r, r + 8):
-// H takes one transpose per row; gated A, whose 4 values per row are a
-// quarter of a word transpose each, one for both rows.
+// Both are computed on the pairs as the accumulator holds them. Gated H is
+// stored in the order the accumulator holds it (h_stored_column, types.hpp):
+// a lane's 4 pairs of a 32-column block are one 16-byte store as they are,
+// and the short last block (16 columns) takes its 2 pairs as 8 bytes, so
+// H needs no transposes (docs/NOTES.md). Non-gated H and A are transposed
+// as bf16 words for 16-byte stores: a word transpose costs half the
+// shuffles and selects of a float2 one (the fp32 transposes were 30% of the
+// epilogue's samples). Per chunk pair (rows r, r + 8): gated A, whose 4
+// values per row are a quarter of a word transpose each, takes one
+// transpose for both rows.
 template <Activation Act>
 struct UpProjEpilogue : NoPrefetch {
   struct Params {
-    bf16_t* h;           // [N][R] or null (inference)
+    bf16_t* h;           // [N][R] in h's layout, or null (inference)
     bf16_t* a;           // [N][n]
     const bf16_t* bias;  // [E][R] or null
     int64_t n;           // intermediate size
@@ -250,31 +259,64 @@ struct UpProjEpilogue : NoPrefetch {
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
+    run(p, s, t, f, [&](auto, int r, int64_t base, uint4 v) {
+      if (r < t.rows) store_h(p, s.N, t.m0 + r, base, v);
+    });
+  }
+
+ private:
+  // The lane's H values of the 32-column block at base of row `row`: gated,
+  // its 4 pairs as the accumulator holds them (h's layout); otherwise the 8
+  // columns base + 8 q .. after the transpose.
+  __device__ static void store_h(const Params& p, int64_t R, int64_t row, int64_t base, uint4 v) {
+    const int q = threadIdx.x & 3;
+    if constexpr (is_gated(Act)) {
+      // A block before R & ~31 is whole; the short last block (16 columns)
+      // takes pairs 0 and 1, 8 bytes.
+      const bool full = base < (R & ~int64_t{31});
+      arch::stg_128_or_64(p.h + row * R + base + (full ? 8 : 4) * q, v, full, base < R);
+    } else {
+      if (base + 8 * q < R) arch::stg_128(p.h + row * R + base + 8 * q, v);
+    }
+  }
+
+  // store(k, row, base, v): H's values of chunk k (tile row `row`, the
+  // block at column base) for store_h.
+  template <class F, class StoreH>
+  __device__ static void run(const Params& p, const Schedule& s, const Tile& t, F& f,
+                             StoreH&& store) {
     const int64_t R = s.N;
     const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
     const int q = threadIdx.x & 3;
+    // base: the chunk's first column; the lane's pair j is at base + 8 j +
+    // 2 q. R is a multiple of 8 (whole groups), of 16 when gated (R = 2n,
+    // whole A vectors).
+    auto base_of = [&](auto k0) {
+      return t.n0 + f.template chunk_col<decltype(k0)::value>() - 8 * q;
+    };
+    auto add_bias = [&](int64_t base, float2(&lo)[4], float2(&hi)[4]) {
+      if (!bias) return;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (base + 8 * j >= R) continue;
+        const float2 b =
+            arch::unpack_bf16x2(*reinterpret_cast<const uint32_t*>(bias + base + 8 * j + 2 * q));
+        lo[j].x += b.x, lo[j].y += b.y, hi[j].x += b.x, hi[j].y += b.y;
+      }
+    };
     f.for_each_chunk_pair([&](auto k0, auto k1, float2(&lo)[4], float2(&hi)[4]) {
-      // base: the chunk's first column; the lane's pair j is at base + 8 j
-      // + 2 q, its 8 columns after the transpose at base + 8 q. R is a
-      // multiple of 8 (whole groups), n of 8 when gated (R = 2n, whole A
-      // vectors).
-      const int64_t base = t.n0 + f.template chunk_col<decltype(k0)::value>() - 8 * q;
+      const int64_t base = base_of(k0);
+      add_bias(base, lo, hi);
       const int r0 = f.template chunk_row<decltype(k0)::value>();
       const int r1 = f.template chunk_row<decltype(k1)::value>();
-      if (bias) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          if (base + 8 * j >= R) continue;
-          const float2 b = arch::unpack_bf16x2(
-              *reinterpret_cast<const uint32_t*>(bias + base + 8 * j + 2 * q));
-          lo[j].x += b.x, lo[j].y += b.y, hi[j].x += b.x, hi[j].y += b.y;
-        }
-      }
-      const bool col_ok = base + 8 * q < R;
       if (p.h) {
-        const uint4 h0 = quad_transpose_bf16(lo), h1 = quad_transpose_bf16(hi);
-        if (col_ok && r0 < t.rows) arch::stg_128(p.h + (t.m0 + r0) * R + base + 8 * q, h0);
-        if (col_ok && r1 < t.rows) arch::stg_128(p.h + (t.m0 + r1) * R + base + 8 * q, h1);
+        if constexpr (is_gated(Act)) {
+          store(k0, r0, base, pack_pairs(lo));
+          store(k1, r1, base, pack_pairs(hi));
+        } else {
+          store(k0, r0, base, quad_transpose_bf16(lo));
+          store(k1, r1, base, quad_transpose_bf16(hi));
+        }
       }
       if constexpr (is_gated(Act)) {
         // Word w of lane m holds A columns base / 2 + 4 j + m for j = 2 (w & 1),
@@ -305,6 +347,7 @@ struct UpProjEpilogue : NoPrefetch {
           a1[j] = float2{act::inner<Act>(hi[j].x), act::inner<Act>(hi[j].y)};
         }
         const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
+        const bool col_ok = base + 8 * q < R;
         if (col_ok && r0 < t.rows) arch::stg_128(p.a + (t.m0 + r0) * p.n + base + 8 * q, v0);
         if (col_ok && r1 < t.rows) arch::stg_128(p.a + (t.m0 + r1) * p.n + base + 8 * q, v1);
       }
@@ -326,7 +369,7 @@ struct UpProjEpilogue : NoPrefetch {
 template <Activation Act>
 struct DHEpilogue {
   struct Params {
-    const bf16_t* h;      // [N][R]
+    const bf16_t* h;      // [N][R] in h's layout (h_stored_column)
     const float* scores;  // [N]: the score of the pair at each position
     bf16_t* dh;           // [N][R]
     bf16_t* ap;           // [N][n]: s * A
@@ -369,10 +412,25 @@ struct DHEpilogue {
       const int r = f.template chunk_row<k>();
       const int64_t col = t.n0 + f.template chunk_col<k>();
       const bool ok = r < t.rows && col < s.N;
-      const bf16_t* hp = p.h + (t.m0 + (ok ? r : 0)) * (kCols * s.N) + kCols * (ok ? col : 0);
+      const int64_t R = kCols * s.N;
+      const bf16_t* hr = p.h + (t.m0 + (ok ? r : 0)) * R;
+      if constexpr (is_gated(Act)) {
+        // H columns 2 col .. 2 col + 15 in h's layout (h_stored_column):
+        // in their block of G groups, pair b of groups a and a + 1 (A
+        // columns col + b, col + 4 + b) is one 8-byte piece at 2 (G b + a),
+        // a = 0 or 2 (the first or second half of a 32-column block).
+        // Piece b goes to bytes 8 b of the slot: word 2 b + u then holds A
+        // column col + b + 4 u (apply undoes it).
+        const int64_t c = ok ? 2 * col : 0, block = c & ~int64_t{31};
+        const int64_t G = R - block >= 32 ? 4 : 2;
+        const bf16_t* hp = hr + block + (c - block) / 4;
 #pragma unroll
-      for (int v = 0; v < kVecs; ++v)
-        arch::cp_async_16(slot_addr<kBM>(smem, f, k, v), hp + 8 * v, ok ? 16u : 0u);
+        for (int b = 0; b < 4; ++b)
+          arch::cp_async_8(slot_addr<kBM>(smem, f, k, b >> 1) + 8 * (b & 1), hp + 2 * G * b,
+                           ok ? 8u : 0u);
+      } else {
+        arch::cp_async_16(slot_addr<kBM>(smem, f, k, 0), hr + (ok ? col : 0), ok ? 16u : 0u);
+      }
     }
     arch::cp_async_commit();
   }
@@ -414,9 +472,13 @@ struct DHEpilogue {
       const float sc = score[r];
       float ap[8];
       if constexpr (is_gated(Act)) {
-        // H columns 2 col .. 2 col + 15: (g_j, u_j) for the 8 A columns.
-        const uint32_t hw[8] = {hv[0].x, hv[0].y, hv[0].z, hv[0].w,
+        // (g_j, u_j) for the 8 A columns: A column i is word 2 (i & 3) +
+        // i / 4 of the slot (load_h).
+        const uint32_t sw[8] = {hv[0].x, hv[0].y, hv[0].z, hv[0].w,
                                 hv[kVecs - 1].x, hv[kVecs - 1].y, hv[kVecs - 1].z, hv[kVecs - 1].w};
+        uint32_t hw[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) hw[i] = sw[2 * (i & 3) + i / 4];
         uint32_t dw[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) {

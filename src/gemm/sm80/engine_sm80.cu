@@ -79,11 +79,14 @@ struct Tiling {
 // 7b-n1024, two passes in one run, runtime -> fixed (ms): dX~ 0.914 ->
 // 0.862, down_proj 0.464 -> 0.436, dW2 0.487 -> 0.475, dW1 0.993-1.003 ->
 // 0.934-0.984, but the 128 x 128 up-projection 0.991-1.002 -> 1.025-1.031,
-// so it keeps the runtime depth (as dH's 2-stage tiles, which spill).
+// so it keeps the runtime depth (as dH's 2-stage tiles, which spill), also
+// past kOverlapMaxK (kUpProjLongK): compiled in there, the GeGLU epilogue
+// spilled at 128 registers once H went out in h's order without shuffles.
 //                                M tile  N tile  stages  CTAs/SM  overlap fixed_depth
 constexpr Tiling kNarrowTiling   {128,    128,    3,      2,       true};
 constexpr Tiling kNarrowUpProj   {128,    128,    3,      2,       true,   false};
 constexpr Tiling kNarrowLongK    {128,    128,    3,      2,       false};
+constexpr Tiling kUpProjLongK    {128,    128,    3,      2,       false,  false};
 constexpr Tiling kWideTiling     {128,    256,    4,      1,       false};
 constexpr Tiling kDhTiling       {128,    256,    4,      1,       false};
 constexpr Tiling kDhNarrow       {128,    128,    2,      2,       false,  false};
@@ -98,10 +101,10 @@ constexpr Tiling kDw1Tiling      {256,    128,    4,      1,       false};
 constexpr int64_t kWideFromNK = int64_t{4} << 20;
 // 128 x 128 tiles overlap the next prologue up to this K (24 k-tiles).
 constexpr int64_t kOverlapMaxK = 1536;
-template <Tiling kNarrow = kNarrowTiling, class Fn>
+template <Tiling kNarrow = kNarrowTiling, Tiling kLongK = kNarrowLongK, class Fn>
 void by_weight_size(int64_t N, int64_t K, Fn&& fn) {
   if (N * K >= kWideFromNK) fn.template operator()<kWideTiling>();
-  else if (K > kOverlapMaxK) fn.template operator()<kNarrowLongK>();
+  else if (K > kOverlapMaxK) fn.template operator()<kLongK>();
   else fn.template operator()<kNarrow>();
 }
 
@@ -194,7 +197,7 @@ class PortableEngine final : public Engine {
   void up_proj(const LayerDims& L, const RoutingPtrs& r, const Weights& w, const bf16_t* x,
                bf16_t* h, bf16_t* a, cudaStream_t st) override {
     const int64_t R = L.R();
-    by_weight_size<kNarrowUpProj>(R, L.d, [&]<Tiling C>() {
+    by_weight_size<kNarrowUpProj, kUpProjLongK>(R, L.d, [&]<Tiling C>() {
       GemmArgs g{rows_of(x, L.d, L.T, r.sorted_token), weights_of(w.w1, L.d, R * L.d),
                  grouped_m_schedule(L, r, R, L.d, C.bn)};
       act::dispatch(L.act, [&]<Activation A>() {
