@@ -34,6 +34,16 @@
 // Where the mainloop waits on cp.async groups of its own (the portable
 // engine's stages), the prefetch's groups come before them (sm80/kernel.cuh,
 // the contract).
+//
+// Deferred stores (optional; the Hopper cooperative kernel uses them). A
+// policy with kDeferredChunks<F> = D > 0 also has
+//   apply(p, s, t, f, smem, Deferred<D>& d)  apply, but D of the thread's
+//                        16-byte stores are left in d instead of issued
+//   drain<i>(p, s, f, d)  issues d's store i (what apply would have stored)
+// and the kernel drains a tile's d during the next tile's first stages,
+// between a stage's wgmma commit and its wait: the store path then drains
+// while the tensor cores run the next tile, and no shared memory is spent
+// (every shared-memory staging of the stores lost: docs/NOTES.md).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -190,6 +200,24 @@ concept EpiloguePolicy = requires {
   { E::template smem_bytes<128, 256>() } -> std::convertible_to<int>;
 };
 
+// A tile's deferred stores: D 16-byte values per thread, in registers (the
+// kernel indexes v by constants only), and where their tile lies.
+template <int D>
+struct Deferred {
+  uint4 v[D];
+  int64_t m0, n0;
+  int rows;
+};
+
+// D of a policy (0: it defers nothing).
+template <class Epi, class F>
+__host__ __device__ constexpr int deferred_chunks() {
+  if constexpr (requires { Epi::template kDeferredChunks<F>; })
+    return Epi::template kDeferredChunks<F>;
+  else
+    return 0;
+}
+
 // The policies that read nothing but the accumulator prefetch nothing.
 struct NoPrefetch {
   template <int kBM, class P, class F>
@@ -238,12 +266,14 @@ struct StoreEpilogue : NoPrefetch {
 // stored in the order the accumulator holds it (h_stored_column, types.hpp):
 // a lane's 4 pairs of a 32-column block are one 16-byte store as they are,
 // and the short last block (16 columns) takes its 2 pairs as 8 bytes, so
-// H needs no transposes (docs/NOTES.md). Non-gated H and A are transposed
-// as bf16 words for 16-byte stores: a word transpose costs half the
-// shuffles and selects of a float2 one (the fp32 transposes were 30% of the
-// epilogue's samples). Per chunk pair (rows r, r + 8): gated A, whose 4
-// values per row are a quarter of a word transpose each, takes one
-// transpose for both rows.
+// H needs no transposes; the Hopper cooperative kernel also defers those
+// stores into the next tile's mainloop (below), holding the tile's packed
+// H, 64 registers per thread: together 1.5-4% of the up-projection
+// (docs/NOTES.md). Non-gated H and A are transposed as bf16 words for
+// 16-byte stores: a word transpose costs half the shuffles and selects of
+// a float2 one (the fp32 transposes were 30% of the epilogue's samples).
+// Per chunk pair (rows r, r + 8): gated A, whose 4 values per row are a
+// quarter of a word transpose each, takes one transpose for both rows.
 template <Activation Act>
 struct UpProjEpilogue : NoPrefetch {
   struct Params {
@@ -257,11 +287,32 @@ struct UpProjEpilogue : NoPrefetch {
     return 0;
   }
 
+  // H's stores may be deferred, one per accumulator chunk of the view:
+  // 64 KiB of the 96 KiB a 128 x 256 tile writes.
+  template <class F>
+  static constexpr int kDeferredChunks = F::kChunks;
+
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     run(p, s, t, f, [&](auto, int r, int64_t base, uint4 v) {
       if (r < t.rows) store_h(p, s.N, t.m0 + r, base, v);
     });
+  }
+  template <int kBM, int kBN, class F, int D>
+  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*,
+                               Deferred<D>& d) {
+    static_assert(D == F::kChunks);
+    d.m0 = t.m0, d.n0 = t.n0, d.rows = t.rows;
+    run(p, s, t, f, [&](auto k, int, int64_t, uint4 v) { d.v[decltype(k)::value] = v; });
+  }
+  // Deferred chunk i: chunk i's H row and columns of d's tile.
+  template <int i, class F, int D>
+  __device__ static void drain(const Params& p, const Schedule& s, const F& f,
+                               const Deferred<D>& d) {
+    if (!p.h) return;
+    const int r = f.template chunk_row<i>();
+    const int64_t base = d.n0 + f.template chunk_col<i>() - 8 * (threadIdx.x & 3);
+    if (r < d.rows) store_h(p, s.N, d.m0 + r, base, d.v[i]);
   }
 
  private:

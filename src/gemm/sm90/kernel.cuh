@@ -28,6 +28,12 @@
 //   threads on named barrier epilogue_barrier(wg) only, in shared memory of
 //   its own. The warpgroups of a cooperative tile are tied by the stages
 //   alone.
+// - Deferred stores (cooperative only; epilogues with kDeferredChunks, the
+//   up-projection's H): the epilogue leaves those stores in registers, and
+//   the next tile's first kDrainStages stages issue them, a few per stage
+//   between the stage's wgmma commit and its wait, so that they drain while
+//   the tensor cores work. The last tile's go out after its epilogue. They
+//   touch no shared memory and no barrier.
 // - 2-CTA clusters (kCluster = 2): both CTAs of a pair walk the same
 //   scheduled ids (tile_of over clusters) and take the two halves of a
 //   double tile (Pair), so their stage sequences match one for one. The
@@ -620,6 +626,23 @@ struct Kernel {
     if constexpr (kCluster > 1) hw::mbar_arrive_cluster(empty, hw::cluster_rank() ^ 1u);
   }
 
+  // Deferred epilogue stores (cooperative only: a ping-pong warpgroup's
+  // next tile starts after the other's whole mainloop). kDrainStages stages
+  // of the next tile issue kDrainPerStage each.
+  using Frag = FragView<kBN, kSub, kPingPong>;
+  static constexpr int kDeferred = kPingPong ? 0 : deferred_chunks<Epi, Frag>();
+  static constexpr int kDrainStages = 8;
+  static constexpr int kDrainPerStage = (kDeferred + kDrainStages - 1) / kDrainStages;
+  // Deferred stores j * kDrainPerStage .. of d.
+  template <int j>
+  __device__ static void drain_step(const typename Epi::Params& ep, const Schedule& s,
+                                    const Frag& frag, const Deferred<kDeferred>& d) {
+    static_for<kDrainPerStage>([&](auto u) {
+      constexpr int i = j * kDrainPerStage + decltype(u)::value;
+      if constexpr (i < kDeferred) Epi::template drain<i>(ep, s, frag, d);
+    });
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
@@ -627,8 +650,11 @@ struct Kernel {
     const int wg = (threadIdx.x - 128) >> 7;
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kSub][kBN / 2];
-    FragView<kBN, kSub, kPingPong> frag{{}, acc};
+    Frag frag{{}, acc};
     char* const epi = sm.epi + wg * (kEpiBytes / 2);
+    // The previous tile's deferred stores, if pending.
+    Deferred<kDeferred == 0 ? 1 : kDeferred> pend;
+    bool pending = false;
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
       const Tile t = sched.at(id);
@@ -645,7 +671,9 @@ struct Kernel {
       for (int i = 0; i < kSub; ++i)
 #pragma unroll
         for (int j = 0; j < kBN / 2; ++j) acc[i][j] = 0.f;
-      for (int kt = 0; kt < ktiles; ++kt, ++it) {
+      // One stage: its MMAs issued and committed, then (between) whatever
+      // should run while they do, then its wait.
+      auto stage = [&](int kt, auto&& between) {
         const int s = it % kStages;
         hw::mbar_wait(sm.full + s, (it / kStages) & 1);
         if constexpr (kAnyCopy) hw::fence_proxy_async();
@@ -660,18 +688,51 @@ struct Kernel {
                                                                   desc_b(b, kk), 1);
         hw::wgmma_commit();
         fence_acc(acc);
+        between();
         // One group may stay in flight: the previous stage is free once it
         // has retired.
         hw::wgmma_wait<1>();
         if (kt > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
+        ++it;
+      };
+      int kt = 0;
+      if constexpr (kDeferred > 0) {
+        // The first kDrainStages stages, unrolled so that the deferred
+        // stores are indexed by constants.
+        static_for<kDrainStages>([&](auto j) {
+          if (kt < ktiles) {
+            stage(kt, [&] {
+              if (pending) drain_step<decltype(j)::value>(ep, g.schedule, frag, pend);
+            });
+            ++kt;
+          }
+        });
       }
+      for (; kt < ktiles; ++kt) stage(kt, [] {});
       hw::wgmma_wait<0>();
       if (ktiles > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
+      if constexpr (kDeferred > 0) {
+        // Stages too few to drain them all: the rest go now.
+        if (pending && ktiles < kDrainStages)
+          static_for<kDrainStages>([&](auto j) {
+            if (decltype(j)::value >= ktiles)
+              drain_step<decltype(j)::value>(ep, g.schedule, frag, pend);
+          });
+        pending = true;
+      }
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
-      Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
+      if constexpr (kDeferred > 0)
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi, pend);
+      else
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
     }
+    // The last tile's deferred stores: no stage left to hide them under.
+    if constexpr (kDeferred > 0)
+      if (pending)
+        static_for<kDrainStages>(
+            [&](auto j) { drain_step<decltype(j)::value>(ep, g.schedule, frag, pend); });
   }
 };
 
