@@ -61,8 +61,8 @@ __device__ __forceinline__ uint4 lds_128(uint32_t addr) {
 }
 
 // At p, all of v if `wide`, else its first 8 bytes if `narrow`: one
-// address and two predicated stores, no branch (a branch between the two
-// made the portable up-projection spill under its 128-register cap).
+// address and two predicated stores, no branch (gated H's 16-byte pieces
+// and the 8-byte ones of a row's short last block).
 __device__ __forceinline__ void stg_128_or_64(void* p, uint4 v, bool wide, bool narrow) {
   asm volatile(
       "{\n .reg .pred w, n;\n setp.ne.b32 w, %5, 0;\n setp.ne.b32 n, %6, 0;\n"

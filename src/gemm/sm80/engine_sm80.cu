@@ -80,7 +80,7 @@ struct Tiling {
 // 0.862, down_proj 0.464 -> 0.436, dW2 0.487 -> 0.475, dW1 0.993-1.003 ->
 // 0.934-0.984, but the 128 x 128 up-projection 0.991-1.002 -> 1.025-1.031,
 // so it keeps the runtime depth (as dH's 2-stage tiles, which spill), also
-// past kOverlapMaxK (kUpProjLongK): compiled in there, the GeGLU epilogue
+// past kOverlapMaxK (kUpProjLongK): compiled in there, the gated epilogues
 // spilled at 128 registers once H went out in h's order without shuffles.
 //                                M tile  N tile  stages  CTAs/SM  overlap fixed_depth
 constexpr Tiling kNarrowTiling   {128,    128,    3,      2,       true};
