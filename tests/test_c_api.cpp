@@ -649,9 +649,9 @@ TEST(CApiVersion, CudaDeviceCountAgreesAndNeverFails) {
 namespace sonicmoe {
 namespace {
 
-// Known library bug, disabled until fixed: the NULL-pointer message of the C
-// ABI (SMOE_REQUIRE_PTR in src/api/c_api.cpp) names the argument but not the
-// function: "sonicmoe: argument 'logits': expected a pointer, got NULL".
+// The NULL-pointer message of the C ABI (SMOE_REQUIRE_PTR in
+// src/api/c_api.cpp) names the function as well as the argument (it once
+// named the argument alone).
 TEST_F(CApiErrors, NullPointerMessageNamesTheFunction) {
   EXPECT_EQ(smoe_router_backward(nullptr, &ci, &cs, 0, 0, &cl, nullptr),
             SMOE_STATUS_INVALID_ARGUMENT);
