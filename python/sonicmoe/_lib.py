@@ -175,6 +175,8 @@ _PROTOTYPES = {
     "smoe_moe_backward": (_c_status, [_P(BackwardArgs), ctypes.c_void_p]),
     "smoe_interleave_gate_up": (_c_status, [_P(Tensor), _P(Tensor), ctypes.c_void_p]),
     "smoe_deinterleave_gate_up": (_c_status, [_P(Tensor), _P(Tensor), ctypes.c_void_p]),
+    "smoe_h_stored_column": (_c_status, [ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+                                         _P(ctypes.c_int64)]),
     "smoe_cuda_device_count": (ctypes.c_int32, []),
     "smoe_version": (ctypes.c_char_p, []),
     "smoe_abi_version": (ctypes.c_int32, []),
@@ -396,6 +398,16 @@ def round_routing_capacity(num_tokens, num_experts, k, tile, mode) -> int:
     _check("smoe_round_routing_capacity",
            lib().smoe_round_routing_capacity(int(num_tokens), int(num_experts), int(k), int(tile),
                                              int(mode), ctypes.byref(out)))
+    return int(out.value)
+
+
+def h_stored_column(column, width, activation) -> int:
+    """Where column `column` of a saved h row of `width` values is stored
+    (the library's own answer, smoe_h_stored_column)."""
+    out = ctypes.c_int64(0)
+    _check("smoe_h_stored_column",
+           lib().smoe_h_stored_column(int(column), int(width), int(activation),
+                                      ctypes.byref(out)))
     return int(out.value)
 
 

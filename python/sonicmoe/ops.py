@@ -18,7 +18,8 @@ Ops (all functional, no input is mutated):
   sonicmoe::routing_from_topk(ids, num_experts) -> 6 x int32 metadata
   sonicmoe::routing_from_pairs(token_ids, expert_ids, num_tokens, num_experts) -> 6 x int32
   sonicmoe::moe_forward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, training)
-      -> (out [T,H], h [N,R] (empty in inference))
+      -> (out [T,H], h [N,R] (empty in inference); h's rows are in position
+         order, its columns in the library's layout: h_stored_columns)
   sonicmoe::moe_backward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, h, dout)
       -> (dx, dw1, db1 (empty if no b1), dw2, db2 (empty if no b2), dscores)
   sonicmoe::permute_gate_up(src, inverse) -> dst   (HF [gate; up] rows <-> interleaved)
@@ -223,6 +224,27 @@ round_routing.register_autograd(_round_backward, setup_context=_round_setup)
 
 _LAYER_IN = (f"Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor scores, {_ROUTING}, "
              "int activation")
+
+
+def h_stored_columns(width: int, activation: int) -> torch.Tensor:
+    """Where each column of a saved h row is stored: h[..., idx] with idx =
+    h_stored_columns(R, activation) puts a row in its natural column order
+    (gate_j, up_j at 2j, 2j+1 for gated activations). The library's layout
+    (sonicmoe::h_stored_column): non-gated rows are natural; gated ones keep
+    each 32-column block in the up-projection's register order, column
+    8a + 2b + e of a block (G groups of 8: 4, or 2 in a short last block)
+    at 2 (G b + a) + e. Pure torch, checked against the library's own
+    answer in the tests."""
+    j = torch.arange(width, dtype=torch.int64)
+    if int(activation) not in _GATED:
+        return j
+    block = j & ~31
+    groups = torch.where(width - block >= 32, 4, (width - block) // 8)
+    o = j - block
+    return block + 2 * (groups * ((o >> 1) & 3) + (o >> 3)) + (o & 1)
+
+
+_GATED = (0, 1, 2)  # the library's SwiGLU, GeGLU, ReGLU
 
 
 def _h_shape(x, w1, sorted_token, training):
