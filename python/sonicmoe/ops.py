@@ -234,9 +234,17 @@ def h_stored_columns(width: int, activation: int) -> torch.Tensor:
     each 32-column block in the up-projection's register order, column
     8a + 2b + e of a block (G groups of 8: 4, or 2 in a short last block)
     at 2 (G b + a) + e. Pure torch, checked against the library's own
-    answer in the tests."""
+    answer in the tests. Raises ValueError naming a bad argument."""
+    if isinstance(activation, bool) or not isinstance(activation, int) or \
+            not 0 <= activation <= 6:
+        raise ValueError(f"h_stored_columns: argument 'activation': expected a library "
+                         f"activation code in [0, 6], got {activation!r}")
+    unit = 16 if activation in _GATED else 8
+    if isinstance(width, bool) or not isinstance(width, int) or width <= 0 or width % unit:
+        raise ValueError(f"h_stored_columns: argument 'width': expected a positive multiple "
+                         f"of {unit}, got {width!r}")
     j = torch.arange(width, dtype=torch.int64)
-    if int(activation) not in _GATED:
+    if activation not in _GATED:
         return j
     block = j & ~31
     groups = torch.where(width - block >= 32, 4, (width - block) // 8)

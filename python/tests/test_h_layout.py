@@ -23,6 +23,19 @@ def test_formula_matches_library(activation):
         assert sorted(idx.tolist()) == list(range(R))
 
 
+def test_formula_checks_its_arguments():
+    with pytest.raises(ValueError, match="'width'.*multiple of 16"):
+        ops.h_stored_columns(40, 0)
+    with pytest.raises(ValueError, match="'width'.*multiple of 8"):
+        ops.h_stored_columns(12, 4)
+    with pytest.raises(ValueError, match="'width'"):
+        ops.h_stored_columns(0, 4)
+    with pytest.raises(ValueError, match="'activation'"):
+        ops.h_stored_columns(48, 7)
+    with pytest.raises(ValueError, match="'activation'"):
+        ops.h_stored_columns(48, "swiglu")
+
+
 @needs_lib
 def test_library_checks_the_column_and_width():
     with pytest.raises(SonicMoEError, match="'column'"):
