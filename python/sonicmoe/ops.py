@@ -226,6 +226,9 @@ _LAYER_IN = (f"Tensor x, Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor sc
              "int activation")
 
 
+_GATED = (0, 1, 2)  # the library's SwiGLU, GeGLU, ReGLU
+
+
 def h_stored_columns(width: int, activation: int) -> torch.Tensor:
     """Where each column of a saved h row is stored: h[..., idx] with idx =
     h_stored_columns(R, activation) puts a row in its natural column order
@@ -250,9 +253,6 @@ def h_stored_columns(width: int, activation: int) -> torch.Tensor:
     groups = torch.where(width - block >= 32, 4, (width - block) // 8)
     o = j - block
     return block + 2 * (groups * ((o >> 1) & 3) + (o >> 3)) + (o & 1)
-
-
-_GATED = (0, 1, 2)  # the library's SwiGLU, GeGLU, ReGLU
 
 
 def _h_shape(x, w1, sorted_token, training):
