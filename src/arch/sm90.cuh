@@ -152,6 +152,19 @@ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t lbo, uint3
   return d;
 }
 
+// ------------------------------------------------------------- stmatrix --
+// Four 8 x 8 b16 matrices from their mma fragments (register m: matrix m,
+// lane l holding row l / 4, columns 2 (l % 4) ..) into shared memory,
+// transposed: row i of matrix m (column i of the fragment) goes to the 16
+// bytes at the address that lane 8 m + i gives.
+__device__ __forceinline__ void stmatrix_x4_trans(uint32_t addr, uint32_t r0, uint32_t r1,
+                                                  uint32_t r2, uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   addr),
+               "r"(r0), "r"(r1), "r"(r2), "r"(r3)
+               : "memory");
+}
+
 // ------------------------------------------------------------ registers --
 template <int R>
 __device__ __forceinline__ void setmaxnreg_inc() {

@@ -187,7 +187,8 @@ struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   }
 };
 
-// kTileM: rows of a tile, 128 or 256; each consumer warpgroup owns
+// kTileM: rows of a tile, 128 or 256 (grouped-K; no product uses 256 since
+// dW1 runs transposed on 128 x 256 tiles); each consumer warpgroup owns
 // kTileM / 2 rows as kSub m64 sub-tiles.
 template <Grouping G, Major MA, Src SA, Major MB, Src SB, int kBN, int kStages, class Epi,
           int kTileM = kBM, bool kPingPong = false, int kCluster = 1>
