@@ -8,8 +8,8 @@
 // transposed: each warp writes its fragments with stmatrix.trans into a
 // swizzled buffer of the warpgroup's own ([64 columns][64 rows] bf16 per
 // round), then every thread copies 16-byte pieces of it, 8 consecutive m
-// of one n, to global memory: a warp's 32 pieces are 4 whole 128-byte
-// lines.
+// of one n, to global memory: a warp's 32 pieces are 4 column pieces of
+// 128 bytes (whole lines when d is a multiple of 64).
 #pragma once
 
 #include "arch/sm80.cuh"
