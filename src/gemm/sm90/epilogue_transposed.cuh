@@ -10,6 +10,8 @@
 // round), then every thread copies 16-byte pieces of it, 8 consecutive m
 // of one n, to global memory: a warp's 32 pieces are 4 column pieces of
 // 128 bytes (whole lines when d is a multiple of 64).
+// tools/sm90_transposed_store_model.py transcribes these addresses and
+// checks them on the host (CTest transposed_store_model): keep it in step.
 #pragma once
 
 #include "arch/sm80.cuh"
