@@ -59,8 +59,10 @@ def run(rows, n_cols, m0=0, n0=0):
             for warp in range(4):
                 for u in range(KROUND // 16):
                     g, h = rnd * (KROUND // 32) + u // 2, u % 2
-                    regs = {l: chunk_pairs(C, first_row, 32 * warp + l, g * 2 + h) for l in range(32)}
-                    addr = {l: piece((g % (KROUND // 32)) * 32 + l, 2 * warp + h) for l in range(32)}
+                    regs = {l: chunk_pairs(C, first_row, 32 * warp + l, g * 2 + h)
+                            for l in range(32)}
+                    addr = {l: piece((g % (KROUND // 32)) * 32 + l, 2 * warp + h)
+                            for l in range(32)}
                     for m in range(4):  # matrix m: its rows' addresses come from lanes 8 m + i
                         assert banks_free([addr[8 * m + i] for i in range(8)]), "stmatrix conflict"
                         for i in range(8):  # transposed: stored row i = fragment column i

@@ -57,10 +57,10 @@ struct TransposedStoreEpilogue : NoPrefetch {
         float2 pr[4];
         f.template chunk_pairs<g * 2 + h>(pr);
         const int c = (g % (kRoundCols / 32)) * 32 + lane;
-        arch::sm90::stmatrix_x4_trans(buf + piece(c, 2 * warp + h), arch::pack_bf16x2(pr[0].x, pr[0].y),
-                              arch::pack_bf16x2(pr[1].x, pr[1].y),
-                              arch::pack_bf16x2(pr[2].x, pr[2].y),
-                              arch::pack_bf16x2(pr[3].x, pr[3].y));
+        arch::sm90::stmatrix_x4_trans(
+            buf + piece(c, 2 * warp + h), arch::pack_bf16x2(pr[0].x, pr[0].y),
+            arch::pack_bf16x2(pr[1].x, pr[1].y), arch::pack_bf16x2(pr[2].x, pr[2].y),
+            arch::pack_bf16x2(pr[3].x, pr[3].y));
       });
       f.sync();
 #pragma unroll
