@@ -2,7 +2,9 @@
 
 Usage: python3 tools/sass_opcodes.py REGEX A.o [B.o]
 Disassembles with cuobjdump (CUOBJDUMP, default `cuobjdump`; the toolkit
-here has none, PyPI's nvidia-cuda-cuobjdump wheel does: docs/NOTES.md) and
+here has none, PyPI's nvidia-cuda-cuobjdump wheel does; cuobjdump also
+needs nvdisasm, from the nvidia-cuda-nvdisasm wheel, in its own folder or
+on the PATH: docs/NOTES.md) and
 prints, for each kernel whose mangled name matches REGEX, its instruction
 count and its opcodes by count; given B.o, only the opcodes whose counts
 differ, A against B. Example, the SwiGLU dH kernel of the Hopper engine:
@@ -21,8 +23,10 @@ INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;")
 def kernels(obj):
     """{mangled name: [opcode, ...]} of every function in obj."""
     tool = os.environ.get("CUOBJDUMP", "cuobjdump")
-    text = subprocess.run([tool, "-sass", obj], check=True, capture_output=True,
-                          text=True).stdout
+    run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
+    if run.returncode != 0:  # e.g. "Could not find executable file 'nvdisasm'"
+        sys.exit(f"{tool} -sass {obj} failed:\n{run.stderr.strip()}")
+    text = run.stdout
     out = {}
     for part in text.split("Function : ")[1:]:
         name, body = part.split("\n", 1)
