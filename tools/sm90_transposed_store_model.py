@@ -22,7 +22,7 @@ import sys
 KBN, KROUND, KROWS, KTHREADS = 256, 64, 64, 128  # tile N, columns per round, rows per warpgroup
 
 
-def piece(c, q):  # TransposedStoreEpilogue::piece, bytes
+def piece(c, q):  # TransposedStoreEpilogue::piece = kernel.cuh's swz(c, q), bytes
     return c * 128 + ((q ^ (c & 7)) << 4)
 
 

@@ -17,6 +17,7 @@
 #include "arch/sm80.cuh"
 #include "arch/sm90.cuh"
 #include "gemm/common/epilogues.cuh"
+#include "gemm/sm90/kernel.cuh"
 
 namespace sonicmoe::gemm::sm90 {
 
@@ -33,9 +34,10 @@ struct TransposedStoreEpilogue : NoPrefetch {
   }
 
   // Byte offset of 16-byte piece q (tile rows 8 q ..) of round column c:
-  // rows of 128 bytes, pieces XOR-swizzled by c so that the 8 addresses of
-  // one stmatrix matrix (8 consecutive c) fall in 8 different bank groups.
-  __device__ static uint32_t piece(int c, int q) { return c * 128 + ((q ^ (c & 7)) << 4); }
+  // rows of 128 bytes swizzled as the stages are (swz), so that the 8
+  // addresses of one stmatrix matrix (8 consecutive c) fall in 8 different
+  // bank groups.
+  __device__ static uint32_t piece(int c, int q) { return swz(c, q); }
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f,
