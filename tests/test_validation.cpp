@@ -934,6 +934,13 @@ TEST_F(ValidationMoeWorkspaceSize, Sizes) {
   p.intermediate = 20;
   expect_fail_both(p, {"argument 'problem.intermediate'", "expected a positive multiple of 8",
                        "got 20"});
+  p.intermediate = (1 << 20) + 8;  // kernels address a tile's rows by 32-bit offsets
+  expect_fail_both(p, {"argument 'problem.intermediate'", "expected at most 1048576 (2^20)",
+                       "got 1048584"});
+  p = problem;
+  p.hidden = 1 << 21;
+  expect_fail_both(p, {"argument 'problem.hidden'", "expected at most 1048576 (2^20)",
+                       "got 2097152"});
   p = problem;
   p.num_experts = 0;
   expect_fail_both(p, {"argument 'problem.num_experts'", "expected a value in [1, 2147483646]",
@@ -1160,6 +1167,18 @@ TEST_F(ValidationMoeForward, IntermediateNotMultipleOf8) {
   a.w2 = fresh(DType::BF16, {E, d, 12});
   expect_fwd_fail(a, {"argument 'w2.shape[2] (intermediate size)'",
                       "expected a positive multiple of 8", "got 12"});
+}
+
+// Too wide for the kernels' 32-bit offsets inside a tile: refused by its
+// shape alone (the tensor's storage is never read, so it stays small).
+TEST_F(ValidationMoeForward, IntermediateTooLarge) {
+  MoeForwardArgs a = fwd();
+  a.w2 = fresh(DType::BF16, {E, d, 8});
+  a.w2.shape[2] = (1 << 20) + 8;
+  a.w2.strides[1] = a.w2.shape[2];
+  a.w2.strides[0] = d * a.w2.shape[2];
+  expect_fwd_fail(a, {"argument 'w2.shape[2] (intermediate size)'",
+                      "expected at most 1048576 (2^20)", "got 1048584"});
 }
 
 TEST_F(ValidationMoeForward, ZeroExperts) {
