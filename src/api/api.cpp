@@ -76,8 +76,8 @@ void check_count(Checker& c, const char* name, int64_t v, int64_t lo, int64_t hi
 }
 
 // d and n: GPU loaders move 16-byte rows, so every row is a multiple of 8 bf16.
-// At most 2^20: the kernels address inside a tile (at most 256 rows of at most
-// 2n columns) by 32-bit offsets from the tile's first row.
+// At most 2^20, so that an offset inside a tile (at most 256 rows of at most
+// 2n columns) fits 32 bits: the portable loader keeps row widths in 32 bits.
 constexpr int64_t kMaxFeature = int64_t{1} << 20;
 void check_feature(Checker& c, const char* name, int64_t v) {
   c.require(v >= 8 && v % 8 == 0, name, "a positive multiple of 8", std::to_string(v));
