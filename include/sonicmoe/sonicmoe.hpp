@@ -145,7 +145,8 @@ enum class ForwardMode : int32_t {
 // ([T, K] or [N], in pair order); out [T, d] bf16; h [N, R] bf16, its rows
 // in position order and its columns in the library's layout
 // (h_stored_column, types.hpp: the same on every backend).
-// d and n must be multiples of 8 (16-byte rows).
+// d and n must be multiples of 8 (16-byte rows) and at most 2^20 (32-bit
+// offsets inside a tile).
 struct MoeForwardArgs {
   Tensor x, w1, b1, w2, b2, scores;
   Routing routing;

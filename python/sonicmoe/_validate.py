@@ -92,11 +92,18 @@ def integer(fn: str, name: str, v, lo: int | None = None, hi: int | None = None)
     return v
 
 
-def multiple_of_8(fn: str, what: str, v: int) -> None:
+MAX_FEATURE = 1 << 20
+
+
+def feature_size(fn: str, what: str, v: int) -> None:
     # The library's GPU loaders move 16-byte rows: hidden and intermediate
-    # sizes must be multiples of 8 bf16 elements.
+    # sizes must be multiples of 8 bf16 elements, and at most 2^20 so that
+    # offsets inside a tile fit 32 bits (the library checks the same).
     if v < 8 or v % 8:
         raise ValueError(f"sonicmoe.{fn}: {what} must be a positive multiple of 8 for the "
+                         f"sonicmoe backend, got {v}")
+    if v > MAX_FEATURE:
+        raise ValueError(f"sonicmoe.{fn}: {what} must be at most {MAX_FEATURE} (2^20) for the "
                          f"sonicmoe backend, got {v}")
 
 

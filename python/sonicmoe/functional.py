@@ -115,8 +115,8 @@ def _check_weights(fn, x, w1, b1, w2, b2, act, backend, num_experts=None):
         V.tensor(fn, "b2", b2, dtypes=dt, shape=(E, H), device=dev, align=16 if lib else None,
                  expect="(E, H)")
     if lib:
-        V.multiple_of_8(fn, "the hidden size H (x.shape[1])", H)
-        V.multiple_of_8(fn, "the intermediate size I (w2.shape[2])", I)
+        V.feature_size(fn, "the hidden size H (x.shape[1])", H)
+        V.feature_size(fn, "the intermediate size I (w2.shape[2])", I)
         if T >= _INT32_MAX or E >= _INT32_MAX:
             raise ValueError(f"sonicmoe.{fn}: T and E must be below 2^31-1 (int32 metadata)")
     return E, H, I

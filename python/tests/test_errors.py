@@ -104,6 +104,20 @@ def test_hidden_not_multiple_of_8():
     assert out.shape == (T, 20)
 
 
+@needs_lib
+def test_intermediate_above_2_20():
+    # Offsets inside a tile are 32-bit in the library's kernels: I <= 2^20.
+    # Zero weights: only the shapes matter, and refusing comes before any work.
+    big = (1 << 20) + 8
+    p = {"x": torch.zeros(4, 8, dtype=torch.bfloat16),
+         "router_w": torch.zeros(2, 8),
+         "w1": torch.zeros(2, 2 * big, 8, dtype=torch.bfloat16), "b1": None,
+         "w2": torch.zeros(2, 8, big, dtype=torch.bfloat16), "b2": None}
+    with pytest.raises(ValueError,
+                       match=r"intermediate size I.*at most 1048576 \(2\^20\).*1048584"):
+        _topk(p, k=1)
+
+
 def _general(p, scores, tok, exp, e=E):
     return moe_general_routing_inputs(p["x"], scores, tok, exp, p["w1"], p["b1"], p["w2"],
                                       p["b2"], e, "swiglu")
