@@ -157,7 +157,7 @@ def load_b_frag2_mn(smem, base, n_off, kk):
 
 
 def quad_transpose(p):
-    """p[lane][4] of (x, y) -> out[lane][8], literally as epilogues.cuh."""
+    """p[lane][4] of (x, y) -> out[lane][8], literally as epilogue.cuh."""
     def pick(v, i): return v[i]
     got = np.zeros((32, 4, 2))
     for r in range(4):

@@ -15,6 +15,7 @@
 
 #include "common/activation.hpp"
 #include "cuda/per_device.hpp"
+#include "gemm/common/epilogues.cuh"
 #include "gemm/common/launch.cuh"
 #include "gemm/engine.hpp"
 #include "gemm/sm80/kernel.cuh"

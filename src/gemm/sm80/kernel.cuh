@@ -33,7 +33,7 @@
 //   meanwhile; its K loop then builds loaders positioned at stage stages-1
 //   (loader state kept instead would stay live across the epilogue's
 //   registers).
-// - The epilogue (common/epilogues.cuh, through FragView) reads the fp32
+// - The epilogue (common/epilogue.cuh, through FragView) reads the fp32
 //   accumulators in registers and may use its own shared-memory region
 //   (after the stages and the published addresses), never the stages. Its
 //   prefetch (dH: the scores and the first H chunks) is requested before
@@ -48,7 +48,7 @@
 #include <type_traits>
 
 #include "arch/sm80.cuh"
-#include "gemm/common/epilogues.cuh"
+#include "gemm/common/epilogue.cuh"
 #include "gemm/common/scheduler.cuh"
 #include "gemm/sm80/loader.cuh"
 #include "gemm/sm80/tile.cuh"
@@ -231,7 +231,7 @@ struct Mainloop {
   }
 };
 
-// The accumulator as common/epilogues.cuh sees it. Thread slots: 4 m16
+// The accumulator as common/epilogue.cuh sees it. Thread slots: 4 m16
 // tiles x 2 row halves; the warps along N (4, or 2 at 256 x 128) hold
 // different columns of a row (column group = warp % kWarpsN, kWarpN columns
 // each).

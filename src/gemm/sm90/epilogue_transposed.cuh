@@ -16,7 +16,7 @@
 
 #include "arch/sm80.cuh"
 #include "arch/sm90.cuh"
-#include "gemm/common/epilogues.cuh"
+#include "gemm/common/epilogue.cuh"
 #include "gemm/sm90/kernel.cuh"
 
 namespace sonicmoe::gemm::sm90 {

@@ -23,7 +23,7 @@
 // - Stage index and phase run on across tiles: producer and consumers walk
 //   the same persistent tile list, so the producer fills the next tile's
 //   stages while the consumers run the epilogue.
-// - Epilogue (common/epilogues.cuh through FragView): each consumer
+// - Epilogue (common/epilogue.cuh through FragView): each consumer
 //   warpgroup runs its own on the rows it holds, synchronising its 128
 //   threads on named barrier epilogue_barrier(wg) only, in shared memory of
 //   its own. The warpgroups of a cooperative tile are tied by the stages
@@ -63,7 +63,7 @@
 
 #include "arch/sm80.cuh"
 #include "arch/sm90.cuh"
-#include "gemm/common/epilogues.cuh"
+#include "gemm/common/epilogue.cuh"
 #include "gemm/common/operand.cuh"
 #include "gemm/common/scheduler.cuh"
 

@@ -1,0 +1,46 @@
+// The plain-store epilogue policy of down_proj, dX~ and dW2 (the interface: epilogue.cuh).
+#pragma once
+
+#include <cstdint>
+
+#include "arch/sm80.cuh"
+#include "gemm/common/epilogue.cuh"
+
+namespace sonicmoe::gemm {
+
+// out[row][col] = acc (+ bias[col]) as bf16. Grouping::M: row = position
+// (Y, dX~). Grouping::K: row = M index of expert e's matrix (dW1, dW2).
+struct StoreEpilogue : NoPrefetch {
+  struct Params {
+    bf16_t* out;
+    int64_t ld;
+    int64_t expert_stride;  // Grouping::K: M * N; Grouping::M: 0
+    const bf16_t* bias;     // [E][N] or null
+  };
+  template <int kBM, int kThreads>
+  static constexpr int smem_bytes() {
+    return 0;
+  }
+
+  template <int kBM, int kBN, class F>
+  __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
+    bf16_t* out = p.out + t.expert * p.expert_stride;
+    const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
+    if (bias) {
+      f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
+        const int64_t col = t.n0 + c;
+        if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
+        add_bias8(v, bias + col);
+        arch::stg_128(out + (t.m0 + r) * p.ld + col, pack8(v));
+      });
+    } else {
+      f.for_each_chunk8_bf16([&](auto, int, int r, int c, uint4 v) {
+        const int64_t col = t.n0 + c;
+        if (r >= t.rows || col >= s.N) return;
+        arch::stg_128(out + (t.m0 + r) * p.ld + col, v);
+      });
+    }
+  }
+};
+
+}  // namespace sonicmoe::gemm
