@@ -1,0 +1,64 @@
+// What the Hopper kernel's roles share: tile and thread constants, named
+// barriers, register budgets, how an operand's stage arrives, and the
+// 128-byte swizzle of the stages (kernel.cuh has the pipeline contract).
+#pragma once
+
+#include <cstdint>
+
+#include "arch/sm90.cuh"
+#include "gemm/common/operand.cuh"
+#include "gemm/common/scheduler.cuh"
+
+namespace sonicmoe::gemm::sm90 {
+
+namespace hw = arch::sm90;
+
+inline constexpr int kBM = 128, kBK = 64;
+inline constexpr int kThreads = 384;
+// Named barriers (0 is __syncthreads'): consumer warpgroup w's epilogue
+// barrier (128 threads each); ping-pong: the barrier on which warpgroup w
+// waits for the other's mainloop to end (256: 128 arrive, 128 wait).
+__device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
+__device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
+// Registers per thread of each role (setmaxnreg): ptxas's cap for each
+// role's code. Grouped-K producers publish row addresses and copy with them
+// (96); grouped-M consumers run the heavy epilogues (dH with GeGLU is the
+// largest: 224, 232 in ping-pong, whose producer then fits 40).
+template <Grouping G, bool kPingPong>
+inline constexpr int kProducerRegs = G == Grouping::K ? 96 : kPingPong ? 40 : 56;
+template <Grouping G, bool kPingPong>
+inline constexpr int kConsumerRegs = G == Grouping::K ? 200 : kPingPong ? 232 : 224;
+// What setmaxnreg redistributes is the CTA's allocation at launch, 168
+// registers x 384 threads (65536 / 384, rounded down to a multiple of 8),
+// not the 65536 of the register file: a setmaxnreg.inc asking for more than
+// the decreases freed waits forever (docs/NOTES.md).
+inline constexpr int kRegisterPool = 65536 / kThreads / 8 * 8 * kThreads;
+static_assert(kRegisterPool == 168 * 384);
+template <Grouping G, bool kPingPong>
+inline constexpr bool kRegsFit =
+    kProducerRegs<G, kPingPong> * 128 + kConsumerRegs<G, kPingPong> * 256 <= kRegisterPool;
+static_assert(kRegsFit<Grouping::K, false> && kRegsFit<Grouping::M, false> &&
+              kRegsFit<Grouping::M, true>);
+
+// How an operand's stage arrives in shared memory.
+enum class Src {
+  Tma,   // a TMA box: weights, or rows that need no masking at an expert edge
+  Copy,  // cp.async by the producer warpgroup: gathered or expert-bounded rows
+};
+
+struct GemmArgs {
+  Operand a, b;
+  Schedule schedule;
+};
+
+// Shared memory of one stage of one operand: 128 (or kBN) rows x 64 k
+// (K-major) or 64 k-rows x 128 columns in two 64-column blocks (MN-major).
+template <int kRows>
+inline constexpr int kKMajorBytes = kRows* kBK * 2;
+inline constexpr int kMNBlockBytes = 64 * 128;  // 64 rows x 128 bytes
+
+__device__ __forceinline__ uint32_t swz(int row, int chunk) {
+  return static_cast<uint32_t>(row * 128 + ((chunk ^ (row & 7)) << 4));
+}
+
+}  // namespace sonicmoe::gemm::sm90
