@@ -1,6 +1,7 @@
 #include "harness.hpp"
 
 #include "device_buffer.hpp"
+#include "routing_tensors.hpp"
 
 #include <cuda_runtime_api.h>
 
@@ -12,6 +13,7 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 #include <sonicmoe/bfloat16.hpp>
 
@@ -82,10 +84,8 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   use_topk = use_topk && topk_shaped;
 
   // Routing metadata.
-  DevTensor counts = make(dev, DType::I32, {E}), eoff = make(dev, DType::I32, {E + 1}),
-            toff = make(dev, DType::I32, {T + 1}), stok = make(dev, DType::I32, {N}),
-            spair = make(dev, DType::I32, {N}), ppos = make(dev, DType::I32, {N});
-  const Routing routing{counts.t, eoff.t, toff.t, stok.t, spair.t, ppos.t};
+  const RoutingTensors meta(dev, T, E, N);
+  const Routing routing = meta.routing();
   Buffer rws(dev, routing_workspace_size(dev, T, E, N));
   DevTensor pexp = from_ints(dev, L.pair_expert);
   if (use_topk) {
@@ -133,11 +133,12 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   r.act = L.act;
   r.out = to_doubles(out);
   if (mode == ForwardMode::Training) r.h = to_doubles(h);
-  r.expert_offsets = to_ints(eoff);
-  r.token_offsets = to_ints(toff);
-  r.sorted_token = to_ints(stok);
-  r.sorted_pair = to_ints(spair);
-  r.pair_position = to_ints(ppos);
+  RoutingMeta m = meta.read();
+  r.expert_offsets = std::move(m.expert_offsets);
+  r.token_offsets = std::move(m.token_offsets);
+  r.sorted_token = std::move(m.sorted_token);
+  r.sorted_pair = std::move(m.sorted_pair);
+  r.pair_position = std::move(m.pair_position);
   if (!backward) return r;
 
   DevTensor dout = from_doubles(dev, DType::BF16, c.dout, {T, d});

@@ -28,6 +28,7 @@
 #include <sonicmoe/sonicmoe.hpp>
 
 #include "device_buffer.hpp"
+#include "routing_tensors.hpp"
 
 namespace sonicmoe::testing {
 namespace {
@@ -363,52 +364,31 @@ TEST(GpuRouterDeterminism, RunTwiceSameBytes) {
 
 // ------------------------------------------------------------------ routing --
 
-struct Meta {
-  std::vector<int32_t> counts, expert_offsets, token_offsets, sorted_token, sorted_pair,
-      pair_position;
-};
+using Meta = testing::RoutingMeta;
+using testing::RoutingTensors;
 
-struct RoutingBuffers {
-  DevTensor counts, expert_offsets, token_offsets, sorted_token, sorted_pair, pair_position;
+std::vector<std::vector<uint8_t>> bytes_of(const RoutingTensors& r) {
+  std::vector<std::vector<uint8_t>> b;
+  for (const DevTensor* t : r.all()) b.push_back(bytes_of(*t));
+  return b;
+}
 
-  RoutingBuffers(Device dev, int64_t T, int64_t E, int64_t N)
-      : counts(make(dev, DType::I32, {E})),
-        expert_offsets(make(dev, DType::I32, {E + 1})),
-        token_offsets(make(dev, DType::I32, {T + 1})),
-        sorted_token(make(dev, DType::I32, {N})),
-        sorted_pair(make(dev, DType::I32, {N})),
-        pair_position(make(dev, DType::I32, {N})) {}
-
-  Routing view() const {
-    return {counts.t, expert_offsets.t, token_offsets.t, sorted_token.t, sorted_pair.t,
-            pair_position.t};
-  }
-  Meta read() const {
-    return {to_ints(counts),       to_ints(expert_offsets), to_ints(token_offsets),
-            to_ints(sorted_token), to_ints(sorted_pair),    to_ints(pair_position)};
-  }
-  std::vector<std::vector<uint8_t>> bytes() const {
-    return {bytes_of(counts),       bytes_of(expert_offsets), bytes_of(token_offsets),
-            bytes_of(sorted_token), bytes_of(sorted_pair),    bytes_of(pair_position)};
-  }
-};
-
-RoutingBuffers topk_routing(Device dev, const std::vector<int32_t>& ids, int64_t T, int64_t K,
+RoutingTensors topk_routing(Device dev, const std::vector<int32_t>& ids, int64_t T, int64_t K,
                             int64_t E) {
-  RoutingBuffers out(dev, T, E, T * K);
+  RoutingTensors out(dev, T, E, T * K);
   const DevTensor in = ints(dev, ids, {T, K});
   const Buffer ws(dev, routing_workspace_size(dev, T, E, T * K));
-  routing_from_topk(in.t, E, out.view(), ws.workspace());
+  routing_from_topk(in.t, E, out.routing(), ws.workspace());
   return out;
 }
 
-RoutingBuffers pair_routing(Device dev, const std::vector<int32_t>& tokens,
+RoutingTensors pair_routing(Device dev, const std::vector<int32_t>& tokens,
                             const std::vector<int32_t>& experts, int64_t T, int64_t E) {
   const auto N = static_cast<int64_t>(tokens.size());
-  RoutingBuffers out(dev, T, E, N);
+  RoutingTensors out(dev, T, E, N);
   const DevTensor tok = ints(dev, tokens, {N}), exp = ints(dev, experts, {N});
   const Buffer ws(dev, routing_workspace_size(dev, T, E, N));
-  routing_from_pairs(tok.t, exp.t, T, E, out.view(), ws.workspace());
+  routing_from_pairs(tok.t, exp.t, T, E, out.routing(), ws.workspace());
   return out;
 }
 
@@ -570,11 +550,12 @@ TEST(GpuRoutingDeterminism, RunTwiceSameBytes) {
   if (sonicmoe::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   const int64_t T = 32768, K = 16, E = 512;
   const std::vector<int32_t> ids = distinct_ids(T, K, E, 50);
-  EXPECT_EQ(topk_routing(kGpu, ids, T, K, E).bytes(), topk_routing(kGpu, ids, T, K, E).bytes());
+  EXPECT_EQ(bytes_of(topk_routing(kGpu, ids, T, K, E)),
+            bytes_of(topk_routing(kGpu, ids, T, K, E)));
   std::vector<int32_t> tokens, experts;
   general_pairs(20000, 20000, 51, tokens, experts);
-  EXPECT_EQ(pair_routing(kGpu, tokens, experts, 20000, 20000).bytes(),
-            pair_routing(kGpu, tokens, experts, 20000, 20000).bytes());
+  EXPECT_EQ(bytes_of(pair_routing(kGpu, tokens, experts, 20000, 20000)),
+            bytes_of(pair_routing(kGpu, tokens, experts, 20000, 20000)));
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <sonicmoe/sonicmoe.hpp>
 
 #include "device_buffer.hpp"
+#include "routing_tensors.hpp"
 
 namespace sonicmoe {
 namespace {
@@ -24,9 +25,8 @@ using testing::to_ints;
 
 const Device kCpu{};
 
-struct Meta {
-  std::vector<int32_t> counts, offsets, token_offsets, sorted_token, sorted_pair, pair_position;
-};
+using Meta = testing::RoutingMeta;
+using testing::RoutingTensors;
 
 // The expected metadata from the definition: a stable sort of pair indices
 // by expert.
@@ -36,8 +36,8 @@ Meta expected_meta(const std::vector<int32_t>& token, const std::vector<int32_t>
   Meta m;
   m.counts.assign(E, 0);
   for (int32_t e : expert) ++m.counts[e];
-  m.offsets.assign(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) m.offsets[e + 1] = m.offsets[e] + m.counts[e];
+  m.expert_offsets.assign(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) m.expert_offsets[e + 1] = m.expert_offsets[e] + m.counts[e];
   m.token_offsets.assign(T + 1, 0);
   for (int32_t t : token) ++m.token_offsets[t + 1];
   for (int64_t t = 0; t < T; ++t) m.token_offsets[t + 1] += m.token_offsets[t];
@@ -52,29 +52,10 @@ Meta expected_meta(const std::vector<int32_t>& token, const std::vector<int32_t>
   return m;
 }
 
-struct RoutingBuffers {
-  DevTensor counts, offsets, token_offsets, sorted_token, sorted_pair, pair_position;
-  RoutingBuffers(int64_t T, int64_t E, int64_t N)
-      : counts(make(kCpu, DType::I32, {E})),
-        offsets(make(kCpu, DType::I32, {E + 1})),
-        token_offsets(make(kCpu, DType::I32, {T + 1})),
-        sorted_token(make(kCpu, DType::I32, {N})),
-        sorted_pair(make(kCpu, DType::I32, {N})),
-        pair_position(make(kCpu, DType::I32, {N})) {}
-  Routing routing() const {
-    return Routing{counts.t,      offsets.t,     token_offsets.t,
-                   sorted_token.t, sorted_pair.t, pair_position.t};
-  }
-  Meta read() const {
-    return Meta{to_ints(counts),       to_ints(offsets),     to_ints(token_offsets),
-                to_ints(sorted_token), to_ints(sorted_pair), to_ints(pair_position)};
-  }
-};
-
 Meta run_topk(const std::vector<int32_t>& ids, int64_t T, int64_t K, int64_t E) {
   DevTensor t = make(kCpu, DType::I32, {T, K});
   t.buf->upload(ids.data());
-  RoutingBuffers out(T, E, T * K);
+  RoutingTensors out(kCpu, T, E, T * K);
   Buffer ws(kCpu, routing_workspace_size(kCpu, T, E, T * K));
   routing_from_topk(t.t, E, out.routing(), ws.workspace());
   return out.read();
@@ -84,7 +65,7 @@ Meta run_pairs(const std::vector<int32_t>& token, const std::vector<int32_t>& ex
                int64_t E) {
   const int64_t N = static_cast<int64_t>(token.size());
   DevTensor tt = from_ints(kCpu, token), te = from_ints(kCpu, expert);
-  RoutingBuffers out(T, E, N);
+  RoutingTensors out(kCpu, T, E, N);
   Buffer ws(kCpu, routing_workspace_size(kCpu, T, E, N));
   routing_from_pairs(tt.t, te.t, T, E, out.routing(), ws.workspace());
   return out.read();
@@ -97,26 +78,26 @@ void check_meta(const Meta& got, const std::vector<int32_t>& token,
   const int64_t N = static_cast<int64_t>(token.size());
   const Meta want = expected_meta(token, expert, T, E);
   EXPECT_EQ(got.counts, want.counts) << "expert_counts";
-  EXPECT_EQ(got.offsets, want.offsets) << "expert_offsets (exclusive prefix sum)";
+  EXPECT_EQ(got.expert_offsets, want.expert_offsets) << "expert_offsets (exclusive prefix sum)";
   EXPECT_EQ(got.token_offsets, want.token_offsets) << "token_offsets";
   EXPECT_EQ(got.sorted_pair, want.sorted_pair) << "sorted_pair (stable by pair index)";
   EXPECT_EQ(got.sorted_token, want.sorted_token) << "sorted_token";
   EXPECT_EQ(got.pair_position, want.pair_position) << "pair_position";
 
-  ASSERT_EQ(got.offsets.size(), static_cast<size_t>(E + 1));
+  ASSERT_EQ(got.expert_offsets.size(), static_cast<size_t>(E + 1));
   ASSERT_EQ(got.sorted_pair.size(), static_cast<size_t>(N));
   ASSERT_EQ(got.pair_position.size(), static_cast<size_t>(N));
-  EXPECT_EQ(got.offsets[0], 0);
-  EXPECT_EQ(got.offsets[E], N);
+  EXPECT_EQ(got.expert_offsets[0], 0);
+  EXPECT_EQ(got.expert_offsets[E], N);
   for (int64_t e = 0; e < E; ++e) {
-    EXPECT_EQ(got.offsets[e + 1] - got.offsets[e], got.counts[e]) << "expert " << e;
-    for (int64_t p = got.offsets[e]; p < got.offsets[e + 1]; ++p) {
+    EXPECT_EQ(got.expert_offsets[e + 1] - got.expert_offsets[e], got.counts[e]) << "expert " << e;
+    for (int64_t p = got.expert_offsets[e]; p < got.expert_offsets[e + 1]; ++p) {
       const int32_t i = got.sorted_pair[p];
       ASSERT_GE(i, 0);
       ASSERT_LT(i, N);
       EXPECT_EQ(expert[i], e) << "position " << p;
       EXPECT_EQ(got.sorted_token[p], token[i]) << "position " << p;
-      if (p > got.offsets[e]) EXPECT_LT(got.sorted_pair[p - 1], i) << "not stable at " << p;
+      if (p > got.expert_offsets[e]) EXPECT_LT(got.sorted_pair[p - 1], i) << "not stable at " << p;
     }
   }
   for (int64_t p = 0; p < N; ++p) EXPECT_EQ(got.pair_position[got.sorted_pair[p]], p);
@@ -172,7 +153,7 @@ TEST(RoutingFromTopk, ExpertsWithNoPairs) {
   const Meta m = run_topk(ids, T, K, E);
   check_meta(m, topk_tokens(T, K), ids, T, E);
   EXPECT_EQ(m.counts, (std::vector<int32_t>{0, 4, 0, 4, 4, 0}));
-  EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 0, 4, 4, 8, 12, 12}));
+  EXPECT_EQ(m.expert_offsets, (std::vector<int32_t>{0, 0, 4, 4, 8, 12, 12}));
 }
 
 TEST(RoutingFromTopk, AllPairsOnOneExpert) {
@@ -180,7 +161,7 @@ TEST(RoutingFromTopk, AllPairsOnOneExpert) {
   const std::vector<int32_t> ids(T * K, 3);
   const Meta m = run_topk(ids, T, K, E);
   check_meta(m, topk_tokens(T, K), ids, T, E);
-  EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 0, 0, 0, 9, 9}));
+  EXPECT_EQ(m.expert_offsets, (std::vector<int32_t>{0, 0, 0, 0, 9, 9}));
   std::vector<int32_t> identity(T);
   std::iota(identity.begin(), identity.end(), 0);
   EXPECT_EQ(m.sorted_pair, identity);
@@ -195,7 +176,7 @@ TEST(RoutingFromTopk, KEqualsE) {
   for (int64_t e = 0; e < E; ++e) {
     EXPECT_EQ(m.counts[e], T);
     // Each expert sees every token once, in token order.
-    for (int64_t j = 0; j < T; ++j) EXPECT_EQ(m.sorted_token[m.offsets[e] + j], j);
+    for (int64_t j = 0; j < T; ++j) EXPECT_EQ(m.sorted_token[m.expert_offsets[e] + j], j);
   }
 }
 
@@ -252,7 +233,7 @@ TEST(RoutingFromPairs, NoPairs) {
   const Meta m = run_pairs({}, {}, T, E);
   check_meta(m, {}, {}, T, E);
   EXPECT_EQ(m.counts, (std::vector<int32_t>{0, 0, 0}));
-  EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 0, 0, 0}));
+  EXPECT_EQ(m.expert_offsets, (std::vector<int32_t>{0, 0, 0, 0}));
   EXPECT_EQ(m.token_offsets, (std::vector<int32_t>{0, 0, 0, 0, 0}));
 }
 
@@ -275,7 +256,7 @@ TEST(RoutingFromPairs, AgreesWithTopkOnTopkShapedPairs) {
   const Meta a = run_topk(ids, T, K, E);
   const Meta b = run_pairs(topk_tokens(T, K), ids, T, E);
   EXPECT_EQ(a.counts, b.counts);
-  EXPECT_EQ(a.offsets, b.offsets);
+  EXPECT_EQ(a.expert_offsets, b.expert_offsets);
   EXPECT_EQ(a.token_offsets, b.token_offsets);
   EXPECT_EQ(a.sorted_token, b.sorted_token);
   EXPECT_EQ(a.sorted_pair, b.sorted_pair);
@@ -293,7 +274,7 @@ TEST(RoutingWorkspace, SizeIsEnoughAndCallsWriteNothingOutside) {
   const auto ids = random_topk(T, K, E, 5);
   DevTensor t = make(kCpu, DType::I32, {T, K});
   t.buf->upload(ids.data());
-  RoutingBuffers out(T, E, N);
+  RoutingTensors out(kCpu, T, E, N);
   routing_from_topk(t.t, E, out.routing(), Workspace{base, need});
   check_meta(out.read(), topk_tokens(T, K), ids, T, E);
   const auto* p = static_cast<unsigned char*>(big.get());

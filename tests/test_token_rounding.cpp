@@ -23,6 +23,7 @@
 
 #include "common/token_rounding.hpp"
 #include "device_buffer.hpp"
+#include "routing_tensors.hpp"
 
 namespace sonicmoe::testing {
 namespace {
@@ -315,15 +316,13 @@ TEST(TokenRounding, PaddingPairsAreDroppedByTheLayer) {
     std::vector<double> sc(p.score.begin(), p.score.begin() + N);
     DevTensor tk = from_ints(kCpu, tok), ex = from_ints(kCpu, exp),
               s = from_doubles(kCpu, DType::F32, sc, {N});
-    DevTensor counts = make(kCpu, DType::I32, {E}), offs = make(kCpu, DType::I32, {E + 1}),
-              toffs = make(kCpu, DType::I32, {T + 1}), st = make(kCpu, DType::I32, {N}),
-              sp = make(kCpu, DType::I32, {N}), pp = make(kCpu, DType::I32, {N});
-    const Routing r{counts.t, offs.t, toffs.t, st.t, sp.t, pp.t};
+    const testing::RoutingTensors meta(kCpu, T, E, N);
+    const Routing r = meta.routing();
     Buffer rws(kCpu, routing_workspace_size(kCpu, T, E, N));
     routing_from_pairs(tk.t, ex.t, T, E, r, rws.workspace());
     if (N > M) {
-      EXPECT_EQ(to_ints(offs)[E], M);
-      for (int64_t i = M; i < N; ++i) EXPECT_EQ(to_ints(pp)[i], -1);
+      EXPECT_EQ(to_ints(meta.expert_offsets)[E], M);
+      for (int64_t i = M; i < N; ++i) EXPECT_EQ(to_ints(meta.pair_position)[i], -1);
     }
     const MoeProblem prob{T, d, n, E, N, Activation::SwiGLU};
     DevTensor out = make(kCpu, DType::BF16, {T, d}), h = make(kCpu, DType::BF16, {N, R});

@@ -405,7 +405,7 @@ TEST_F(ValidationMoeForward, TensorsOnDifferentDevices) {
   expect_fwd_fail(a, {"argument 'h'", "expected a tensor on cpu:0 like the others",
                       "got one on cuda:0"});
   a = fwd();
-  a.routing.expert_offsets = on(meta.offsets.t, kCuda0);
+  a.routing.expert_offsets = on(meta.expert_offsets.t, kCuda0);
   expect_fwd_fail(a, {"argument 'routing.expert_offsets'",
                       "expected a tensor on cpu:0 like the others", "got one on cuda:0"});
   a = fwd();
@@ -494,7 +494,7 @@ TEST_F(ValidationMoeForward, DroppedPairNeedsShorterOffsets) {
 
 TEST_F(ValidationMoeForward, ZeroPairsRun) {
   // N = 0: every token gets nothing; the routing tensors may have null data.
-  RoutingOut empty(T, E, 0);
+  RoutingTensors empty(kCpu, T, E, 0);
   const Tensor none = Tensor::contiguous(nullptr, DType::I32, {0});
   Buffer rws(kCpu, routing_workspace_size(kCpu, T, E, 0));
   routing_from_pairs(none, none, T, E, empty.routing(), rws.workspace());

@@ -40,7 +40,7 @@ class ValidationRoutingFromTopk : public Validation {
  protected:
   static constexpr int64_t T = 5, K = 2, E = 4, N = T * K;
   DevTensor ids = ids_2d({0, 3, 1, 2, 2, 0, 3, 1, 0, 2});
-  RoutingOut out{T, E, N};
+  RoutingTensors out{kCpu, T, E, N};
   size_t need = routing_workspace_size(kCpu, T, E, N);
   Buffer ws{kCpu, need};
 
@@ -54,7 +54,7 @@ class ValidationRoutingFromTopk : public Validation {
                    Status status = Status::InvalidArgument) {
     expect_error([&] { routing_from_topk(e, experts, r, w); }, status, "routing_from_topk",
                  parts);
-    EXPECT_TRUE(out.all_poisoned()) << "routing written by a failed call";
+    EXPECT_TRUE(all_poisoned(out)) << "routing written by a failed call";
   }
   void expect_fail_routing(const Routing& r, const std::vector<std::string>& parts) {
     expect_fail(ids.t, E, r, ws.workspace(), parts);
@@ -217,7 +217,7 @@ class ValidationRoutingFromPairs : public Validation {
   static constexpr int64_t T = 4, E = 3, N = 6;
   DevTensor tokens = from_ints(kCpu, {0, 0, 1, 2, 2, 3});
   DevTensor experts = from_ints(kCpu, {2, 0, 1, 1, 0, 2});
-  RoutingOut out{T, E, N};
+  RoutingTensors out{kCpu, T, E, N};
   size_t need = routing_workspace_size(kCpu, T, E, N);
   Buffer ws{kCpu, need};
 
@@ -232,7 +232,7 @@ class ValidationRoutingFromPairs : public Validation {
                    Status status = Status::InvalidArgument) {
     expect_error([&] { routing_from_pairs(c.tok, c.exp, c.T, c.E, c.r, c.w); }, status,
                  "routing_from_pairs", parts);
-    EXPECT_TRUE(out.all_poisoned()) << "routing written by a failed call";
+    EXPECT_TRUE(all_poisoned(out)) << "routing written by a failed call";
   }
   int32_t* tok() { return static_cast<int32_t*>(tokens.t.data); }
   int32_t* exp() { return static_cast<int32_t*>(experts.t.data); }
@@ -246,7 +246,7 @@ TEST_F(ValidationRoutingFromPairs, ValidArgumentsRun) {
 
 TEST_F(ValidationRoutingFromPairs, ZeroPairsWithNullDataRun) {
   // A present tensor with zero elements may have a null data pointer.
-  RoutingOut empty(T, E, 0);
+  RoutingTensors empty(kCpu, T, E, 0);
   const Tensor none = Tensor::contiguous(nullptr, DType::I32, {0});
   EXPECT_NO_THROW(routing_from_pairs(none, none, T, E, empty.routing(), ws.workspace()));
 }

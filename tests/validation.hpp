@@ -21,6 +21,7 @@
 #include <sonicmoe/sonicmoe.hpp>
 
 #include "device_buffer.hpp"
+#include "routing_tensors.hpp"
 
 // A named namespace, not an anonymous one: a fixture is then one type in
 // every file that includes this (GoogleTest checks a suite's fixture type).
@@ -130,24 +131,13 @@ class Validation : public ::testing::Test {
   std::vector<std::unique_ptr<Buffer>> bufs_;
 };
 
-// The six routing outputs, poisoned.
-struct RoutingOut {
-  DevTensor counts, offsets, token_offsets, sorted_token, sorted_pair, pair_position;
-  RoutingOut(int64_t T, int64_t E, int64_t N)
-      : counts(make(kCpu, DType::I32, {E})),
-        offsets(make(kCpu, DType::I32, {E + 1})),
-        token_offsets(make(kCpu, DType::I32, {T + 1})),
-        sorted_token(make(kCpu, DType::I32, {N})),
-        sorted_pair(make(kCpu, DType::I32, {N})),
-        pair_position(make(kCpu, DType::I32, {N})) {}
-  Routing routing() const {
-    return Routing{counts.t,       offsets.t,     token_offsets.t,
-                   sorted_token.t, sorted_pair.t, pair_position.t};
-  }
-  bool all_poisoned() const {
-    return poisoned(counts) && poisoned(offsets) && poisoned(token_offsets) &&
-           poisoned(sorted_token) && poisoned(sorted_pair) && poisoned(pair_position);
-  }
-};
+using testing::RoutingTensors;
+
+// Every routing output still poisoned.
+inline bool all_poisoned(const RoutingTensors& r) {
+  for (const DevTensor* t : r.all())
+    if (!poisoned(*t)) return false;
+  return true;
+}
 
 }  // namespace sonicmoe::validation_test

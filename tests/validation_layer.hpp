@@ -20,7 +20,7 @@ class ValidationLayer : public Validation {
                                   {T, K});
   DevTensor scores1d = from_doubles(kCpu, DType::F32, {0.6, 0.4, 0.7, 0.3, 0.5, 0.5, 0.9, 0.1},
                                     {N});
-  RoutingOut meta{T, E, N};
+  RoutingTensors meta{kCpu, T, E, N};
   // Forward outputs (poisoned).
   DevTensor out = make(kCpu, DType::BF16, {T, d});
   DevTensor h = make(kCpu, DType::BF16, {N, R});
@@ -44,7 +44,7 @@ class ValidationLayer : public Validation {
     const Tensor ids2 = Tensor::contiguous(ids.t.data, DType::I32, {T, K});
     Buffer rws(kCpu, routing_workspace_size(kCpu, T, E, N));
     routing_from_topk(ids2, E, meta.routing(), rws.workspace());
-    ASSERT_EQ(testing::to_ints(meta.offsets), (std::vector<int32_t>{0, 3, 5, 8}));
+    ASSERT_EQ(testing::to_ints(meta.expert_offsets), (std::vector<int32_t>{0, 3, 5, 8}));
     // h for the backward, from a valid forward into scratch outputs.
     DevTensor scratch_out = make(kCpu, DType::BF16, {T, d});
     MoeForwardArgs a = fwd();
@@ -106,7 +106,7 @@ class ValidationLayer : public Validation {
     EXPECT_TRUE(backward_outputs_poisoned()) << "a gradient written by a failed moe_backward";
   }
   // Routing metadata on the host, to corrupt.
-  int32_t* offsets() { return static_cast<int32_t*>(meta.offsets.t.data); }
+  int32_t* offsets() { return static_cast<int32_t*>(meta.expert_offsets.t.data); }
   int32_t* token_offsets() { return static_cast<int32_t*>(meta.token_offsets.t.data); }
   int32_t* sorted_token() { return static_cast<int32_t*>(meta.sorted_token.t.data); }
   int32_t* sorted_pair() { return static_cast<int32_t*>(meta.sorted_pair.t.data); }
