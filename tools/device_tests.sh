@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU test run for the device machine: the GPU suites on each engine. Full
 # logs go to $OUT/tests-<engine>.log; the tail shows failures and summaries.
-# Binaries come prebuilt in .dev/. Usage: tools/device_tests.sh [gtest filter]
+# Binaries come prebuilt in .dev/ (TESTS_BIN picks another test binary).
+# Usage: tools/device_tests.sh [gtest filter]
 set -u
 filter=${1:-'Gpu*'}
-bin=.dev/sonicmoe_tests
+bin=${TESTS_BIN:-.dev/sonicmoe_tests}
 out=${OUT:-/tmp}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 for engine in portable hopper; do
