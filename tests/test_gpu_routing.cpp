@@ -364,8 +364,7 @@ TEST(GpuRouterDeterminism, RunTwiceSameBytes) {
 
 // ------------------------------------------------------------------ routing --
 
-using Meta = testing::RoutingMeta;
-using testing::RoutingTensors;
+using Meta = RoutingMeta;
 
 std::vector<std::vector<uint8_t>> bytes_of(const RoutingTensors& r) {
   std::vector<std::vector<uint8_t>> b;
