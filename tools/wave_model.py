@@ -14,7 +14,9 @@ does with 2-CTA clusters (Pair::M, 128 x 256 tiles):
     tile costs its expert's k16-step count plus a fixed epilogue cost
     (--epilogue-steps); tiles are listed heaviest expert first and walked
     in zigzag waves (tile_of), and "busy" is total cost over clusters x the
-    most loaded cluster's cost.
+    most loaded cluster's cost; "run-time" is the same with the tiles taken
+    at run time as branch next/dynamic-dw does (tile_queue.cuh): each by
+    the cluster that comes first to its current tile's second-last chunk.
 Assumes `--clusters` resident clusters (66 on a 132-SM H100 or H200).
 
     python3 tools/wave_model.py [--config 7b-n256,120b-n2048] [--clusters 66]
@@ -22,6 +24,7 @@ Assumes `--clusters` resident clusters (66 on a 132-SM H100 or H200).
 Needs numpy. Keep in step with scheduler.cuh and bench/random.hpp.
 """
 import argparse
+import heapq
 import math
 
 import numpy as np
@@ -83,17 +86,44 @@ def grouped_m(counts, cols, clusters):
     return units, waves, units / (clusters * math.ceil(waves)), counts.sum() / (tiles.sum() * BM)
 
 
+def run_time_order(steps, epilogue_steps, clusters):
+    """Makespan when the clusters take the list's tiles at run time, as
+    tile_queue.cuh does: a cluster takes its next tile one chunk of stages
+    (16 k16 steps) before its current tile's last chunk starts, when the
+    producer needs it next, so tiles are taken in the order of those
+    moments. steps: each tile's k16 steps."""
+    chunk = 4 * 4
+
+    def claim(start, s):  # when a tile started at `start` takes the next one
+        return start + max(0, math.ceil(s / chunk) - 2) * chunk
+
+    running = [(claim(0.0, steps[c]), c, 0.0, steps[c]) for c in range(min(clusters, len(steps)))]
+    heapq.heapify(running)
+    end, taken = 0.0, len(running)
+    while running:
+        _, c, start, s = heapq.heappop(running)
+        finish = start + s + epilogue_steps
+        end = max(end, finish)
+        if taken < len(steps):
+            heapq.heappush(running, (claim(finish, steps[taken]), c, finish, steps[taken]))
+            taken += 1
+    return end
+
+
 def grouped_k(counts, M, N, clusters, epilogue_steps):
+    """Tiles, waves, busy share with the static zigzag and with the run-time order."""
     units_m, units_n = math.ceil(math.ceil(M / BM) / 2), math.ceil(N / BN)
     order = np.argsort(-counts, kind="stable")
-    cost_e = np.ceil(counts[order] / STAGE_K) * 4 + epilogue_steps  # k16 steps per tile
-    cost = np.repeat(cost_e, units_m * units_n)
+    steps = np.repeat(np.ceil(counts[order] / STAGE_K) * 4, units_m * units_n)  # k16 steps
+    cost = steps + epilogue_steps
     load = np.zeros(clusters)
     for k in range(math.ceil(len(cost) / clusters)):
         ids = k * clusters + (np.arange(clusters)[::-1] if k & 1 else np.arange(clusters))
         valid = ids < len(cost)
         load[valid] += cost[ids[valid]]
-    return len(cost), len(cost) / clusters, cost.sum() / (clusters * load.max())
+    work = cost.sum() / clusters
+    return (len(cost), len(cost) / clusters, work / load.max(),
+            work / run_time_order(steps, epilogue_steps, clusters))
 
 
 def main():
@@ -107,7 +137,8 @@ def main():
                     help="a grouped-K tile's epilogue, in k16 steps of its mainloop")
     a = ap.parse_args()
     names = list(CONFIGS) if a.config == "all" else a.config.split(",")
-    print(f"{'config':14} {'product':9} {'units':>7} {'waves':>8} {'busy':>6} {'rows':>6}")
+    print(f"{'config':14} {'product':9} {'units':>7} {'waves':>8} {'busy':>6} {'rows':>6}"
+          f" {'run-time':>8}")
     for name in names:
         T, d, n, E, K = CONFIGS[name]
         counts = expert_counts(T, E, K, a.seed, a.expert_bias_std)
@@ -115,8 +146,8 @@ def main():
             u, w, busy, rows = grouped_m(counts, cols, a.clusters)
             print(f"{name:14} {prod:9} {u:7d} {w:8.2f} {busy:6.3f} {rows:6.3f}")
         for prod, M, N in (("dw1", d, 2 * n), ("dw2", d, n)):
-            u, w, busy = grouped_k(counts, M, N, a.clusters, a.epilogue_steps)
-            print(f"{name:14} {prod:9} {u:7d} {w:8.2f} {busy:6.3f}      -")
+            u, w, busy, run_time = grouped_k(counts, M, N, a.clusters, a.epilogue_steps)
+            print(f"{name:14} {prod:9} {u:7d} {w:8.2f} {busy:6.3f}      - {run_time:8.3f}")
 
 
 if __name__ == "__main__":
