@@ -11,6 +11,8 @@
 // exactly zero, and two runs must agree bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -170,6 +172,41 @@ TEST(GpuLayer, GeneralRoutingWithVariablePairsPerToken) {
         ASSERT_EQ(r.out[t * s.d + k], 0.0) << "token " << t;
         ASSERT_EQ(r.dx[t * s.d + k], 0.0) << "token " << t;
       }
+  }
+}
+
+// Every length of an expert's last M tile (128 rows) that changes how a
+// grouped-M product may run it: at most 64 rows, where a consumer warpgroup
+// (or a ping-pong tile's second m64 sub-tile) holds no row; exactly 64 and
+// 65; a whole 128; the same as the second tile of a 2-CTA pair (129, 192,
+// 193, 448); odd last tiles of both kinds (1, 63, 64, 2, 257, 320 against
+// 65, 100, 127, 128, 383) among empty experts, so that pairs of two small
+// odd tiles, of two large ones and of one of each all occur.
+TEST(GpuLayer, LastTilesOfEveryLength) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<int32_t> counts = {1,   64,  0,   65, 128, 129, 192, 193, 63,
+                                       256, 257, 320, 0,  127, 383, 448, 2,   100};
+  for (Activation act : {Activation::SwiGLU, Activation::GeLU}) {
+    CaseSpec s;
+    s.T = 512, s.d = 64, s.n = 48, s.E = static_cast<int64_t>(counts.size()), s.K = 1;
+    s.act = act, s.bias = true;
+    Case c = make_case(s);
+    // Expert e takes tokens e * 101 + i (mod T), i < counts[e]: distinct
+    // tokens per expert; the pairs listed token by token.
+    std::vector<std::array<int32_t, 2>> pairs;  // (token, expert)
+    for (int32_t e = 0; e < static_cast<int32_t>(counts.size()); ++e)
+      for (int32_t i = 0; i < counts[e]; ++i)
+        pairs.push_back({static_cast<int32_t>((e * 101 + i) % s.T), e});
+    std::sort(pairs.begin(), pairs.end());
+    std::vector<int32_t> tok, exp;
+    std::vector<double> sc;
+    for (const auto& [t, e] : pairs)
+      tok.push_back(t), exp.push_back(e), sc.push_back(0.05 + 0.08 * ((t * 7 + e) % 11));
+    set_pairs(c, tok, exp, sc);
+    const LibResult r = check_case(c, false);
+    for (size_t e = 0; e < counts.size(); ++e)
+      ASSERT_EQ(r.expert_offsets[e + 1] - r.expert_offsets[e], counts[e]) << "expert " << e;
+    expect_empty_experts_zero(c, r);
   }
 }
 
