@@ -17,9 +17,21 @@ inline constexpr int kBM = 128, kBK = 64;
 inline constexpr int kThreads = 384;
 // Named barriers (0 is __syncthreads'): consumer warpgroup w's epilogue
 // barrier (128 threads each); ping-pong: the barrier on which warpgroup w
-// waits for the other's mainloop to end (256: 128 arrive, 128 wait).
-__device__ __forceinline__ int epilogue_barrier(int wg) { return wg == 0 ? 1 : 3; }
-__device__ __forceinline__ int order_barrier(int wg) { return 4 + wg; }
+// waits for the other's mainloop to end (256: 128 arrive, 128 wait). (2 is
+// free: the grouped-K producer's per-chunk barrier became a __syncwarp.)
+enum NamedBarrier : int {
+  kEpilogueBarrier0 = 1,
+  kEpilogueBarrier1 = 3,
+  kOrderBarrier0 = 4,
+  kOrderBarrier1 = 5,
+};
+__device__ __forceinline__ int epilogue_barrier(int wg) {
+  return wg == 0 ? kEpilogueBarrier0 : kEpilogueBarrier1;
+}
+__device__ __forceinline__ int order_barrier(int wg) {
+  static_assert(kOrderBarrier1 == kOrderBarrier0 + 1);
+  return kOrderBarrier0 + wg;
+}
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
 // role's code. Grouped-K producers publish row addresses and copy with them
 // (96); grouped-M consumers run the heavy epilogues (dH with GeGLU is the
