@@ -27,6 +27,7 @@
 #include "gemm/sm90/epilogue_transposed.cuh"
 #include "gemm/sm90/kernel.cuh"
 #include "gemm/sm90/tma.hpp"
+#include "gemm/sm90/trace_host.cuh"
 
 namespace sonicmoe::gemm {
 namespace {
@@ -76,11 +77,13 @@ void launch(const char* what, const GemmArgs& args, const CUtensorMap& map_a,
   });
   if (tile_bound <= 0) return;
   cfg.gridDim = dim3(static_cast<unsigned>(kCluster * std::min<int64_t>(tile_bound, resident)));
+  trace::before_launch(stream);
   const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args, map_a, map_b, ep);
   if (e != cudaSuccess)
     throw Error(Status::CudaError,
                 std::string("sonicmoe: launching ") + what + " failed: " + cudaGetErrorString(e));
   check_launch(what);
+  trace::after_launch(what, cfg.gridDim.x, stream);
 }
 
 const CUtensorMap kNoMap{};

@@ -58,8 +58,9 @@
 //
 // Files: common.cuh (what the roles share), producer.cuh (WG0, the
 // loader), consumer.cuh (WG1 and WG2, the mainloop and the epilogue
-// policy's calls); this one, the configuration (Kernel) and the kernel
-// that assigns the roles.
+// policy's calls), trace.cuh (per-tile timestamps of both, in diagnostic
+// builds only); this one, the configuration (Kernel) and the kernel that
+// assigns the roles.
 #pragma once
 
 #include <cuda.h>

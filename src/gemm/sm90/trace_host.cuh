@@ -1,0 +1,84 @@
+// The host side of the tile trace (trace.cuh), for the translation unit that
+// defines its device variables (engine_sm90.cu). In the diagnostic build
+// (SONICMOE_TILE_TRACE defined) and with SONICMOE_TILE_TRACE=<file> in the
+// environment, every Hopper launch's records are appended to <file> as
+// text: a "# launch" line naming the product, then one line per record.
+// The build synchronises the stream after each launch to read them back,
+// which only a diagnostic build may do; one device per process. In the
+// default build both hooks are empty.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <sonicmoe/types.hpp>
+
+#include "gemm/sm90/trace.cuh"
+
+namespace sonicmoe::gemm::sm90::trace {
+
+#ifdef SONICMOE_TILE_TRACE
+struct HostTrace {
+  Record* records = nullptr;
+  unsigned capacity = 1u << 20;  // 48 MiB of records
+  int launches = 0;
+};
+
+inline HostTrace& host_trace() {
+  static HostTrace t;
+  return t;
+}
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw Error(Status::CudaError, std::string("sonicmoe: tile trace: ") + what + ": " +
+                                       cudaGetErrorString(e));
+}
+
+inline void before_launch(cudaStream_t st) {
+  if (std::getenv("SONICMOE_TILE_TRACE") == nullptr) return;
+  HostTrace& h = host_trace();
+  if (h.records == nullptr) {
+    check(cudaMalloc(&h.records, h.capacity * sizeof(Record)), "allocating records");
+    check(cudaMemcpyToSymbol(g_records, &h.records, sizeof(h.records)), "setting g_records");
+    check(cudaMemcpyToSymbol(g_capacity, &h.capacity, sizeof(h.capacity)), "setting g_capacity");
+  }
+  const unsigned zero = 0;
+  check(cudaMemcpyToSymbolAsync(g_count, &zero, sizeof(zero), 0, cudaMemcpyHostToDevice, st),
+        "zeroing g_count");
+}
+
+inline void after_launch(const char* what, unsigned grid, cudaStream_t st) {
+  const char* path = std::getenv("SONICMOE_TILE_TRACE");
+  if (path == nullptr) return;
+  HostTrace& h = host_trace();
+  check(cudaStreamSynchronize(st), "synchronising");
+  unsigned count = 0;
+  check(cudaMemcpyFromSymbol(&count, g_count, sizeof(count)), "reading g_count");
+  const unsigned kept = count < h.capacity ? count : h.capacity;
+  Record* host = new Record[kept > 0 ? kept : 1];
+  check(cudaMemcpy(host, h.records, kept * sizeof(Record), cudaMemcpyDeviceToHost),
+        "reading records");
+  std::FILE* f = std::fopen(path, "a");
+  if (f == nullptr) {
+    delete[] host;
+    throw Error(Status::InvalidArgument,
+                std::string("sonicmoe: SONICMOE_TILE_TRACE: cannot append to ") + path);
+  }
+  std::fprintf(f, "# launch %d %s grid %u records %u%s\n", h.launches++, what, grid, kept,
+               count > kept ? " (overflow: some dropped)" : "");
+  for (unsigned i = 0; i < kept; ++i) {
+    const Record& r = host[i];
+    std::fprintf(f, "%u %u %u %u %d %d %d %d %u %u %u %u\n", r.role, r.sm, r.cta, r.k, r.id,
+                 r.rows, r.expert, r.ktiles, r.t[0], r.t[1], r.t[2], r.t[3]);
+  }
+  std::fclose(f);
+  delete[] host;
+}
+#else
+inline void before_launch(cudaStream_t) {}
+inline void after_launch(const char*, unsigned, cudaStream_t) {}
+#endif
+
+}  // namespace sonicmoe::gemm::sm90::trace
