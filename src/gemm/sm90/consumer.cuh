@@ -163,7 +163,7 @@ struct Consumer {
         it += ktiles;
         continue;
       }
-      [[maybe_unused]] uint32_t ts[4] = {trace::now(), 0, 0, 0};
+      trace::Stamps stamps;
       // Consumers issue no cp.async of their own in the mainloop: the
       // epilogue's prefetch groups are the only ones they wait for.
       Epi::template prefetch<kTileM>(ep, g.schedule, t, frag, epi);
@@ -177,8 +177,7 @@ struct Consumer {
       auto stage = [&](int kt, auto&& between) {
         const int s = it % kStages;
         hw::mbar_wait(sm.full + s, (it / kStages) & 1);
-        if constexpr (trace::kOn)
-          if (kt == 0) ts[1] = trace::now();
+        stamps.at(1, kt);
         if constexpr (kAnyCopy) hw::fence_proxy_async();
         const uint32_t a = arch::smem_addr(sm.stages + s * kStageBytes), b = a + kABytes;
         fence_acc(acc);
@@ -213,7 +212,7 @@ struct Consumer {
       }
       for (; kt < ktiles; ++kt) stage(kt, [] {});
       hw::wgmma_wait<0>();
-      if constexpr (trace::kOn) ts[2] = trace::now();
+      stamps.at(2);
       if (ktiles > 0 && wg_leader) release(sm.empty + (it - 1) % kStages);
       if constexpr (kDeferred > 0) {
         // Stages too few to drain them all: the rest go now.
@@ -231,11 +230,7 @@ struct Consumer {
         Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi, pend);
       else
         Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
-      if constexpr (trace::kOn)
-        if (wg_leader) {
-          ts[3] = trace::now();
-          trace::record(1 + wg, k, id, t, ktiles, ts);
-        }
+      stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
     }
     // The last tile's deferred stores: no stage left to hide them under.
     if constexpr (kDeferred > 0)

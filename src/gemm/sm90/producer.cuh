@@ -181,7 +181,7 @@ struct Producer {
     for (int next_id; id < total; id = next_id) {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
-      [[maybe_unused]] uint32_t ts[4] = {trace::now(), 0, 0, 0};
+      trace::Stamps stamps;
       const bf16_t* a_rows[8];
       if constexpr (SA == Src::Copy) row_pointers(g, t, idx, a_rows);
       // The next tile's indices land while this tile's stages are issued.
@@ -191,8 +191,7 @@ struct Producer {
       for (int kt = 0; kt < ktiles; ++kt, ++it) {
         const int s = it % kStages;
         if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
-        if constexpr (trace::kOn)
-          if (kt == 0) ts[1] = trace::now();
+        stamps.at(1, kt);
         char* stage = sm.stages + s * kStageBytes;
         const int64_t k0 = static_cast<int64_t>(kt) * kBK;
         if (threadIdx.x == 0 && kTmaBytes > 0) issue_tma(t, k0, stage, sm.full + s, map_a, map_b);
@@ -201,11 +200,7 @@ struct Producer {
           hw::cp_async_mbar_arrive(sm.full + s);
         }
       }
-      if constexpr (trace::kOn)
-        if (threadIdx.x == 0) {
-          ts[2] = ts[3] = trace::now();
-          trace::record(0, k - 1, id, t, ktiles, ts);
-        }
+      stamps.done(threadIdx.x == 0, 0, k - 1, id, t, ktiles);
     }
   }
 
@@ -323,7 +318,7 @@ struct Producer {
     for (;;) {
       const Tile t = next.tile;
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
-      [[maybe_unused]] uint32_t ts[4] = {trace::now(), 0, 0, 0};
+      trace::Stamps stamps;
       const int chunks = max(1, (ktiles + kChunkStages - 1) / kChunkStages);
       const int next_id = tile_of<kCluster>(k + 1);
       for (int ci = 0; ci < chunks; ++ci, ++chunk) {
@@ -337,8 +332,7 @@ struct Producer {
         for (int kt = ci * kChunkStages; kt < last; ++kt, ++it) {
           const int s = it % kStages;
           if (it >= kStages) hw::mbar_wait(sm.empty + s, ((it / kStages) - 1) & 1);
-          if constexpr (trace::kOn)
-            if (kt == 0) ts[1] = trace::now();
+          stamps.at(1, kt);
           char* stage = sm.stages + s * kStageBytes;
           const int64_t k0 = static_cast<int64_t>(kt) * kBK;
           if (threadIdx.x == 0 && kTmaBytes > 0)
@@ -355,11 +349,7 @@ struct Producer {
         if (more) publish_chunk(g, next, buffers + ((chunk + 1) & 1) * kBufferBytes);
         __syncwarp();
       }
-      if constexpr (trace::kOn)
-        if (threadIdx.x == 0) {
-          ts[2] = ts[3] = trace::now();
-          trace::record(0, k, id, t, ktiles, ts);
-        }
+      stamps.done(threadIdx.x == 0, 0, k, id, t, ktiles);
       if (next_id >= total) return;
       id = next_id;
       ++k;

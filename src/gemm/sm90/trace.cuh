@@ -22,8 +22,8 @@ namespace sonicmoe::gemm::sm90::trace {
 // One tile of one role. Consumer warpgroup w (role 1 + w, its thread 0):
 // t[0] the tile's start, t[1] its first stage landed, t[2] its last MMA
 // retired, t[3] its epilogue done. Producer (role 0, thread 0): t[0] the
-// tile's start, t[1] its first stage free (issued from then on), t[2] its
-// last stage issued, t[3] = t[2].
+// tile's start, t[1] its first stage free (issued from then on), t[2] =
+// t[3] its last stage issued.
 struct Record {
   uint32_t role, sm, cta, k;
   int32_t id, rows, expert, ktiles;
@@ -58,5 +58,26 @@ inline constexpr bool kOn = false;
 __device__ __forceinline__ uint32_t now() { return 0; }
 __device__ __forceinline__ void record(uint32_t, int, int, const Tile&, int, const uint32_t (&)[4]) {}
 #endif
+
+// One role's stamps of one tile, taken where the role's code says (Record
+// lists which): started when constructed at the tile's start.
+struct Stamps {
+  uint32_t t[4] = {now(), 0, 0, 0};
+  // Stamp i, now (i = 1: only at the tile's first stage, kt == 0).
+  __device__ __forceinline__ void at(int i, int kt = 0) {
+    if constexpr (kOn)
+      if (kt == 0) t[i] = now();
+  }
+  // The last stamps, then the record, by the role's recording thread.
+  __device__ __forceinline__ void done(bool recorder, uint32_t role, int k, int id, const Tile& tile,
+                                       int ktiles) {
+    if constexpr (kOn)
+      if (recorder) {
+        t[3] = now();
+        if (role == 0) t[2] = t[3];
+        record(role, k, id, tile, ktiles, t);
+      }
+  }
+};
 
 }  // namespace sonicmoe::gemm::sm90::trace
