@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <sonicmoe/types.hpp>
 
@@ -57,24 +58,20 @@ inline void after_launch(const char* what, unsigned grid, cudaStream_t st) {
   unsigned count = 0;
   check(cudaMemcpyFromSymbol(&count, g_count, sizeof(count)), "reading g_count");
   const unsigned kept = count < h.capacity ? count : h.capacity;
-  Record* host = new Record[kept > 0 ? kept : 1];
-  check(cudaMemcpy(host, h.records, kept * sizeof(Record), cudaMemcpyDeviceToHost),
+  std::vector<Record> host(kept);
+  check(cudaMemcpy(host.data(), h.records, kept * sizeof(Record), cudaMemcpyDeviceToHost),
         "reading records");
   std::FILE* f = std::fopen(path, "a");
-  if (f == nullptr) {
-    delete[] host;
+  if (f == nullptr)
     throw Error(Status::InvalidArgument,
                 std::string("sonicmoe: SONICMOE_TILE_TRACE: cannot append to ") + path);
-  }
   std::fprintf(f, "# launch %d %s grid %u records %u%s\n", h.launches++, what, grid, kept,
                count > kept ? " (overflow: some dropped)" : "");
-  for (unsigned i = 0; i < kept; ++i) {
-    const Record& r = host[i];
+  for (const Record& r : host) {
     std::fprintf(f, "%u %u %u %u %d %d %d %d %u %u %u %u\n", r.role, r.sm, r.cta, r.k, r.id,
                  r.rows, r.expert, r.ktiles, r.t[0], r.t[1], r.t[2], r.t[3]);
   }
   std::fclose(f);
-  delete[] host;
 }
 #else
 inline void before_launch(cudaStream_t) {}
