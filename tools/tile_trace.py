@@ -10,7 +10,7 @@ src/gemm/sm90/trace.cuh) run with SONICMOE_TILE_TRACE=<file>, e.g.
 
 For each launch it prints, in SM cycles (clock(), 32 bits, so differences
 are taken modulo 2^32), per consumer warpgroup
-tile: the wait for the tile's first stage ("first"), the mainloop from
+tile: its scheduler lookup and the wait for its first stage ("first"), the mainloop from
 then to its last MMA's retirement ("main", and per stage), the epilogue
 ("epi"), and the gap to the warpgroup's next tile ("gap"), as medians and
 as shares of the consumers' summed time; for the producer, the wait for

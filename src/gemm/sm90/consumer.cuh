@@ -157,13 +157,13 @@ struct Consumer {
     bool pending = false;
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
+      trace::Stamps stamps;  // before the lookup: "first" includes it
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
         it += ktiles;
         continue;
       }
-      trace::Stamps stamps;
       // Consumers issue no cp.async of their own in the mainloop: the
       // epilogue's prefetch groups are the only ones they wait for.
       Epi::template prefetch<kTileM>(ep, g.schedule, t, frag, epi);

@@ -20,10 +20,10 @@
 namespace sonicmoe::gemm::sm90::trace {
 
 // One tile of one role. Consumer warpgroup w (role 1 + w, its thread 0):
-// t[0] the tile's start, t[1] its first stage landed, t[2] its last MMA
-// retired, t[3] its epilogue done. Producer (role 0, thread 0): t[0] the
-// tile's start, t[1] its first stage free (issued from then on), t[2] =
-// t[3] its last stage issued.
+// t[0] the tile's start (before its scheduler lookup), t[1] its first
+// stage landed, t[2] its last MMA retired, t[3] its epilogue done.
+// Producer (role 0, thread 0): t[0] the tile's start, t[1] its first stage
+// free (issued from then on), t[2] = t[3] its last stage issued.
 struct Record {
   uint32_t role, sm, cta, k;
   int32_t id, rows, expert, ktiles;
@@ -33,9 +33,15 @@ static_assert(sizeof(Record) == 48);
 
 #ifdef SONICMOE_TILE_TRACE
 inline constexpr bool kOn = true;
+// Records of role r of CTA b, tile k (the role's k-th tile in that CTA) go
+// to slot (b * kRoles + r) * per + k, per = kCapacity / (gridDim.x *
+// kRoles): a plain store, no counter and no load. (An atomicAdd for the
+// slot, then a load of the capacity, put an L2 round trip into every
+// recorded gap.) The host fills the buffer with 0xff bytes first: unwritten
+// slots read role 0xffffffff.
+inline constexpr unsigned kRoles = 3, kCapacity = 1u << 20;  // 48 MiB of records
 __device__ Record* g_records;
-__device__ unsigned g_capacity;
-__device__ unsigned g_count;
+__device__ unsigned g_dropped;  // records past their CTA's share
 
 __device__ __forceinline__ uint32_t now() { return static_cast<uint32_t>(clock()); }
 
@@ -47,11 +53,14 @@ __device__ __forceinline__ uint32_t sm_id() {
 
 __device__ __forceinline__ void record(uint32_t role, int k, int id, const Tile& t, int ktiles,
                                        const uint32_t (&ts)[4]) {
-  const unsigned slot = atomicAdd(&g_count, 1u);
-  if (slot >= g_capacity) return;  // the host reports the overflow
+  const unsigned per = kCapacity / (gridDim.x * kRoles);
+  if (static_cast<unsigned>(k) >= per) {  // the host reports the overflow
+    atomicAdd(&g_dropped, 1u);
+    return;
+  }
   Record r{role, sm_id(), blockIdx.x, static_cast<uint32_t>(k), id, t.rows, t.expert, ktiles,
            {ts[0], ts[1], ts[2], ts[3]}};
-  g_records[slot] = r;
+  g_records[(blockIdx.x * kRoles + role) * per + k] = r;
 }
 #else
 inline constexpr bool kOn = false;

@@ -22,7 +22,7 @@ namespace sonicmoe::gemm::sm90::trace {
 #ifdef SONICMOE_TILE_TRACE
 struct HostTrace {
   Record* records = nullptr;
-  unsigned capacity = 1u << 20;  // 48 MiB of records
+  unsigned capacity = kCapacity;
   int launches = 0;
 };
 
@@ -43,11 +43,11 @@ inline void before_launch(cudaStream_t st) {
   if (h.records == nullptr) {
     check(cudaMalloc(&h.records, h.capacity * sizeof(Record)), "allocating records");
     check(cudaMemcpyToSymbol(g_records, &h.records, sizeof(h.records)), "setting g_records");
-    check(cudaMemcpyToSymbol(g_capacity, &h.capacity, sizeof(h.capacity)), "setting g_capacity");
   }
   const unsigned zero = 0;
-  check(cudaMemcpyToSymbolAsync(g_count, &zero, sizeof(zero), 0, cudaMemcpyHostToDevice, st),
-        "zeroing g_count");
+  check(cudaMemsetAsync(h.records, 0xff, h.capacity * sizeof(Record), st), "clearing records");
+  check(cudaMemcpyToSymbolAsync(g_dropped, &zero, sizeof(zero), 0, cudaMemcpyHostToDevice, st),
+        "zeroing g_dropped");
 }
 
 inline void after_launch(const char* what, unsigned grid, cudaStream_t st) {
@@ -55,19 +55,22 @@ inline void after_launch(const char* what, unsigned grid, cudaStream_t st) {
   if (path == nullptr) return;
   HostTrace& h = host_trace();
   check(cudaStreamSynchronize(st), "synchronising");
-  unsigned count = 0;
-  check(cudaMemcpyFromSymbol(&count, g_count, sizeof(count)), "reading g_count");
-  const unsigned kept = count < h.capacity ? count : h.capacity;
-  std::vector<Record> host(kept);
-  check(cudaMemcpy(host.data(), h.records, kept * sizeof(Record), cudaMemcpyDeviceToHost),
+  unsigned dropped = 0;
+  check(cudaMemcpyFromSymbol(&dropped, g_dropped, sizeof(dropped)), "reading g_dropped");
+  const size_t used = static_cast<size_t>(h.capacity / (grid * kRoles)) * grid * kRoles;
+  std::vector<Record> host(used);
+  check(cudaMemcpy(host.data(), h.records, used * sizeof(Record), cudaMemcpyDeviceToHost),
         "reading records");
+  std::vector<Record> kept;
+  for (const Record& r : host)
+    if (r.role != 0xffffffffu) kept.push_back(r);
   std::FILE* f = std::fopen(path, "a");
   if (f == nullptr)
     throw Error(Status::InvalidArgument,
                 std::string("sonicmoe: SONICMOE_TILE_TRACE: cannot append to ") + path);
-  std::fprintf(f, "# launch %d %s grid %u records %u%s\n", h.launches++, what, grid, kept,
-               count > kept ? " (overflow: some dropped)" : "");
-  for (const Record& r : host) {
+  std::fprintf(f, "# launch %d %s grid %u records %zu%s\n", h.launches++, what, grid, kept.size(),
+               dropped > 0 ? " (overflow: some dropped)" : "");
+  for (const Record& r : kept) {
     std::fprintf(f, "%u %u %u %u %d %d %d %d %u %u %u %u\n", r.role, r.sm, r.cta, r.k, r.id,
                  r.rows, r.expert, r.ktiles, r.t[0], r.t[1], r.t[2], r.t[3]);
   }
