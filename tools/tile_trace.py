@@ -9,11 +9,11 @@ src/gemm/sm90/trace.cuh) run with SONICMOE_TILE_TRACE=<file>, e.g.
     python3 tools/tile_trace.py /tmp/trace.txt
 
 For each launch it prints, in SM cycles (clock(), 32 bits, so differences
-are taken modulo 2^32), per consumer warpgroup
-tile: its scheduler lookup and the wait for its first stage ("first"), the mainloop from
-then to its last MMA's retirement ("main", and per stage), the epilogue
-("epi"), and the gap to the warpgroup's next tile ("gap"), as medians and
-as shares of the consumers' summed time; for the producer, the wait for
+are taken modulo 2^32), per consumer warpgroup tile: its scheduler lookup
+and the wait for its first stage ("first"), the mainloop from then to its
+last MMA's retirement ("main", and per stage), the epilogue ("epi"), and
+the gap to the warpgroup's next tile ("gap"), as medians and as shares of
+the consumers' summed time; for the producer, the wait for
 the tile's first free stage and the time it took to issue the tile. A
 stage of a 128 x 256 x 64 tile is 1024 cycles of tensor-core work at the
 SM's 4096 bf16 FLOPs per cycle: "main per stage" against that says how

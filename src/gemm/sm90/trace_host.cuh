@@ -21,8 +21,7 @@ namespace sonicmoe::gemm::sm90::trace {
 
 #ifdef SONICMOE_TILE_TRACE
 struct HostTrace {
-  Record* records = nullptr;
-  unsigned capacity = kCapacity;
+  Record* records = nullptr;  // kCapacity of them
   int launches = 0;
 };
 
@@ -41,11 +40,11 @@ inline void before_launch(cudaStream_t st) {
   if (std::getenv("SONICMOE_TILE_TRACE") == nullptr) return;
   HostTrace& h = host_trace();
   if (h.records == nullptr) {
-    check(cudaMalloc(&h.records, h.capacity * sizeof(Record)), "allocating records");
+    check(cudaMalloc(&h.records, kCapacity * sizeof(Record)), "allocating records");
     check(cudaMemcpyToSymbol(g_records, &h.records, sizeof(h.records)), "setting g_records");
   }
   const unsigned zero = 0;
-  check(cudaMemsetAsync(h.records, 0xff, h.capacity * sizeof(Record), st), "clearing records");
+  check(cudaMemsetAsync(h.records, 0xff, kCapacity * sizeof(Record), st), "clearing records");
   check(cudaMemcpyToSymbolAsync(g_dropped, &zero, sizeof(zero), 0, cudaMemcpyHostToDevice, st),
         "zeroing g_dropped");
 }
@@ -57,7 +56,7 @@ inline void after_launch(const char* what, unsigned grid, cudaStream_t st) {
   check(cudaStreamSynchronize(st), "synchronising");
   unsigned dropped = 0;
   check(cudaMemcpyFromSymbol(&dropped, g_dropped, sizeof(dropped)), "reading g_dropped");
-  const size_t used = static_cast<size_t>(h.capacity / (grid * kRoles)) * grid * kRoles;
+  const size_t used = static_cast<size_t>(kCapacity / (grid * kRoles)) * grid * kRoles;
   std::vector<Record> host(used);
   check(cudaMemcpy(host.data(), h.records, used * sizeof(Record), cudaMemcpyDeviceToHost),
         "reading records");
