@@ -35,9 +35,9 @@ static_assert(sizeof(Record) == 48);
 inline constexpr bool kOn = true;
 // Records of role r of CTA b, tile k (the role's k-th tile in that CTA) go
 // to slot (b * kRoles + r) * per + k, per = kCapacity / (gridDim.x *
-// kRoles): a plain store, no counter and no load. (An atomicAdd for the
-// slot, then a load of the capacity, put an L2 round trip into every
-// recorded gap.) The host fills the buffer with 0xff bytes first: unwritten
+// kRoles): a plain store, with no counter and nothing loaded but the
+// buffer's pointer (the same every tile). (An atomicAdd for the slot, then
+// a load of the capacity, put an L2 round trip into every recorded gap.) The host fills the buffer with 0xff bytes first: unwritten
 // slots read role 0xffffffff.
 inline constexpr unsigned kRoles = 3, kCapacity = 1u << 20;  // 48 MiB of records
 __device__ Record* g_records;
