@@ -284,6 +284,20 @@ TEST(GpuLayer, ManyTilesPerCta) {
   check_case(c);
 }
 
+// Tiles of a single stage, 20 and more per CTA: down_proj reduces over
+// n = 8 columns and dX~ over 2n = 16, each a partly filled 64-row stage,
+// with d = 1536 (6 N tiles) and 65536 pairs (the fp64 oracle takes ~10 s).
+// The producer then runs as many tiles ahead of the consumers as it has
+// stages, its stage phases wrap many times, and the epilogues outlast the
+// mainloops: the far end of what the pipeline's barriers must order.
+TEST(GpuLayer, OneStageTilesManyPerCta) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 8192, s.d = 1536, s.n = 8, s.E = 8, s.K = 8;
+  const Case c = make_case(s);
+  check_case(c);
+}
+
 TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;
