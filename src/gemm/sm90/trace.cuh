@@ -37,8 +37,9 @@ inline constexpr bool kOn = true;
 // to slot (b * kRoles + r) * per + k, per = kCapacity / (gridDim.x *
 // kRoles): a plain store, with no counter and nothing loaded but the
 // buffer's pointer (the same every tile). (An atomicAdd for the slot, then
-// a load of the capacity, put an L2 round trip into every recorded gap.) The host fills the buffer with 0xff bytes first: unwritten
-// slots read role 0xffffffff.
+// a load of the capacity, put an L2 round trip into every recorded gap.)
+// The host fills the buffer with 0xff bytes first: unwritten slots read
+// role 0xffffffff.
 inline constexpr unsigned kRoles = 3, kCapacity = 1u << 20;  // 48 MiB of records
 __device__ Record* g_records;
 __device__ unsigned g_dropped;  // records past their CTA's share
