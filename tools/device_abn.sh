@@ -38,11 +38,11 @@ for i in $(seq 1 "$rounds"); do
     timeout 300 "${bins[$j]}" "$@" > /dev/null 2> "$work/run.err"
     echo "${labels[$j]} round $i: rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
     # Table rows: a config name, then either a kernel name or numbers.
-    grep -E '^[0-9a-z.]+-[0-9a-z.]+ +[0-9a-z_.]+ ' "$work/run.err" | sed "s/^/$j /" >> "$work/rows"
+    # Logged run by run, so that a call cut short keeps the rounds it ran.
+    grep -E '^[0-9a-z.]+-[0-9a-z.]+ +[0-9a-z_.]+ ' "$work/run.err" | sed "s/^/$j /" |
+      tee -a "$work/rows" | sed "s/^$j /${labels[$j]} /" >> "$log"
   done
 done
-awk -v names="${labels[*]}" 'BEGIN { split(names, l, " ") } { $1 = l[$1 + 1]; print }' \
-  "$work/rows" >> "$log"
 
 # Per row: for each binary, its runs' first value (ms), or fwd/bwd ms.
 awk -v n="${#bins[@]}" -v names="${labels[*]}" '
