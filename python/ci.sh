@@ -22,6 +22,7 @@
 #   SONICMOE_LIBRARY    a built libsonicmoe.so (else build-py/ is built)
 #   PYTHON              the interpreter that makes the venv [python3]
 #   PYTEST_ARGS         extra pytest arguments
+#   SONICMOE_CI_PRELOAD LD_PRELOAD for the pytest process only
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -119,8 +120,11 @@ export SONICMOE_REQUIRE_LIBRARY=1
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 
 log "pytest python/tests (library: $SONICMOE_LIBRARY)"
+# SONICMOE_CI_PRELOAD: libraries for LD_PRELOAD in the test process only
+# (tools/host_sanitize.sh: the sanitizer runtimes of a sanitized library).
 # shellcheck disable=SC2086
-"$VPY" -m pytest "$ROOT/python/tests" -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
+env ${SONICMOE_CI_PRELOAD:+LD_PRELOAD="$SONICMOE_CI_PRELOAD"} \
+  "$VPY" -m pytest "$ROOT/python/tests" -q -rs -p no:cacheprovider ${PYTEST_ARGS:-}
 rc=$?
 if [ "$rc" -eq 5 ]; then
   die "pytest collected no tests"
