@@ -80,6 +80,47 @@ def deinterleave_gate_up(w: torch.Tensor) -> torch.Tensor:
     return interleave_gate_up(w, inverse=True)
 
 
+# ---------------------------------------------------------------- autocast --
+
+
+def _autocast_dtype(device_type: str):
+    """The dtype torch.autocast asks for on this device type, None when off."""
+    if device_type not in ("cpu", "cuda"):
+        return None
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if enabled else None
+    except (TypeError, AttributeError):  # pragma: no cover - torch < 2.4
+        cuda = device_type == "cuda"
+        enabled = torch.is_autocast_enabled() if cuda else torch.is_autocast_cpu_enabled()
+        dtype = (torch.get_autocast_gpu_dtype() if cuda else torch.get_autocast_cpu_dtype()) \
+            if enabled else None
+    return dtype
+
+
+def _autocast_inputs(fn, backend, x, *tensors):
+    """Under torch.autocast, the layer's floating inputs (x and the expert
+    weights) in the autocast dtype, as autocast treats a matmul: fp32 and
+    fp16 tensors are cast (differentiably, so fp32 parameters get fp32
+    gradients), fp64 ones are left alone. The library computes in bf16
+    only, so it refuses another autocast dtype rather than change the
+    precision the caller asked for."""
+    dtype = _autocast_dtype(x.device.type) if isinstance(x, torch.Tensor) else None
+    if dtype is None:
+        return (x, *tensors)
+    if backend == KernelBackendMoE.sonicmoe and dtype != torch.bfloat16:
+        raise TypeError(f"sonicmoe.{fn}: torch.autocast asks for "
+                        f"{str(dtype).replace('torch.', '')}; the library computes in bfloat16 "
+                        f"only: use torch.autocast(..., dtype=torch.bfloat16)")
+
+    def cast(t):
+        if isinstance(t, torch.Tensor) and t.dtype in (torch.float32, torch.float16) \
+                and t.dtype != dtype:
+            return t.to(dtype)
+        return t
+    return tuple(cast(t) for t in (x, *tensors))
+
+
 # -------------------------------------------------------------- validation --
 
 
@@ -129,6 +170,7 @@ def _prepare(fn, x, w1, b1, w2, b2, activation_type, kernel_backend_moe,
     V.tensor(fn, "x", x, contiguous=False)
     w1 = _expert_major(w1, "w1", fn)
     w2 = _expert_major(w2, "w2", fn)
+    x, w1, b1, w2, b2 = _autocast_inputs(fn, backend, x, w1, b1, w2, b2)
     if is_concatenated_gate_up and is_glu(act):
         V.tensor(fn, "w1", w1, ndim=3, expect="(E, 2*I, H)")
         w1 = interleave_gate_up(w1)
@@ -136,7 +178,7 @@ def _prepare(fn, x, w1, b1, w2, b2, activation_type, kernel_backend_moe,
             V.tensor(fn, "b1", b1, ndim=2, expect="(E, 2*I)")
             b1 = interleave_gate_up(b1)
     E, H, I = _check_weights(fn, x, w1, b1, w2, b2, act, backend, num_experts)
-    return act, backend, w1, w2, b1, E
+    return act, backend, x, w1, b1, w2, b2, E
 
 
 def _compat_positional(activation_type, is_inference_mode_enabled, extra, stream_id):
@@ -245,8 +287,8 @@ def moe_TC_softmax_topk_layer(
     fn = "moe_TC_softmax_topk_layer"
     activation_type, inference, _ = _compat_positional(
         activation_type, is_inference_mode_enabled, _upstream_extra, stream_id)
-    act, backend, w1, w2, b1, E = _prepare(fn, x, w1, b1, w2, b2, activation_type,
-                                           kernel_backend_moe, is_concatenated_gate_up)
+    act, backend, x, w1, b1, w2, b2, E = _prepare(fn, x, w1, b1, w2, b2, activation_type,
+                                                   kernel_backend_moe, is_concatenated_gate_up)
     order = as_router_order(router_order)
     V.tensor(fn, "router_w", router_w, dtypes=_FLOATS, shape=(E, x.shape[1]), device=x.device,
              expect="(E, H)", contiguous=False)
@@ -312,9 +354,9 @@ def moe_general_routing_inputs(
     activation_type, inference, _ = _compat_positional(
         activation_type, is_inference_mode_enabled, _upstream_extra, stream_id)
     V.integer(fn, "E", E, 1, _INT32_MAX - 1)
-    act, backend, w1, w2, b1, E = _prepare(fn, x, w1, b1, w2, b2, activation_type,
-                                           kernel_backend_moe, is_concatenated_gate_up,
-                                           num_experts=E)
+    act, backend, x, w1, b1, w2, b2, E = _prepare(fn, x, w1, b1, w2, b2, activation_type,
+                                                   kernel_backend_moe, is_concatenated_gate_up,
+                                                   num_experts=E)
     T = x.shape[0]
     V.tensor(fn, "router_scores", router_scores, dtypes=_FLOATS, ndim=1, expect="(N,)",
              device=x.device, contiguous=False)
