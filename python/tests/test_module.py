@@ -39,6 +39,33 @@ def test_module_library_vs_torch_backend(act, device):
         assert rel_err(a, b) <= TOL
 
 
+@needs_lib
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_activation_checkpointing_gives_the_same_gradients(device, reentrant):
+    """torch.utils.checkpoint runs the first forward without grad (the
+    library's inference mode: nothing kept) and reruns it in backward, which
+    keeps H; the forward is deterministic, so the gradients equal a plain
+    step's bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(5)
+    m = MoE(E, K, H, I, "swiglu", add_bias=True, std=0.1).to(device=device,
+                                                             dtype=torch.bfloat16)
+    x0 = torch.randn(2, 12, H, device=device).bfloat16()
+
+    def run(ckpt):
+        m.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_()
+        f = lambda t: m(t)[0]  # noqa: E731
+        out = checkpoint(f, x, use_reentrant=reentrant) if ckpt else f(x)
+        out.float().square().sum().backward()
+        return [out, x.grad] + [p.grad for p in m.parameters()]
+
+    for a, b in zip(run(False), run(True)):
+        assert torch.equal(a, b)
+
+
 def test_switch_aux_loss_value():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     freq = torch.tensor([2, 1, 1], dtype=torch.int32)
