@@ -75,7 +75,8 @@ void set_pairs(Case& c, std::vector<int32_t> token, std::vector<int32_t> expert,
   c.layer.pair_score = std::move(score);
 }
 
-LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, ForwardMode mode) {
+LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, ForwardMode mode,
+                      GradSet grads) {
   const NaiveLayer& L = c.layer;
   const int64_t T = L.T, d = L.d, n = L.n, E = L.E, R = L.R(), N = L.N();
   const int64_t K = c.spec.K;
@@ -142,11 +143,14 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   if (!backward) return r;
 
   DevTensor dout = from_doubles(dev, DType::BF16, c.dout, {T, d});
-  DevTensor dx = make(dev, DType::BF16, {T, d}), dw1 = make(dev, DType::BF16, {E, R, d}),
-            dw2 = make(dev, DType::BF16, {E, d, n}), dsc = make(dev, DType::F32, {N});
-  DevTensor db1, db2;
-  if (!L.b1.empty()) db1 = make(dev, DType::BF16, {E, R});
-  if (!L.b2.empty()) db2 = make(dev, DType::BF16, {E, d});
+  // An output not asked for stays an empty DevTensor: an absent Tensor.
+  DevTensor dx, dw1, dw2, dsc, db1, db2;
+  if (grads.dx) dx = make(dev, DType::BF16, {T, d});
+  if (grads.dw1) dw1 = make(dev, DType::BF16, {E, R, d});
+  if (grads.dw2) dw2 = make(dev, DType::BF16, {E, d, n});
+  if (grads.dscores) dsc = make(dev, DType::F32, {N});
+  if (grads.db1 && !L.b1.empty()) db1 = make(dev, DType::BF16, {E, R});
+  if (grads.db2 && !L.b2.empty()) db2 = make(dev, DType::BF16, {E, d});
   Buffer bws(dev, moe_backward_workspace_size(dev, problem));
   MoeBackwardArgs ba;
   ba.x = x.t;
@@ -167,12 +171,12 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   ba.dscores = dsc.t;
   ba.workspace = Workspace{bws.get(), bws.bytes()};
   moe_backward(ba);
-  r.dx = to_doubles(dx);
-  r.dw1 = to_doubles(dw1);
-  r.dw2 = to_doubles(dw2);
-  r.dscores = to_doubles(dsc);
-  if (!L.b1.empty()) r.db1 = to_doubles(db1);
-  if (!L.b2.empty()) r.db2 = to_doubles(db2);
+  if (dx.buf) r.dx = to_doubles(dx);
+  if (dw1.buf) r.dw1 = to_doubles(dw1);
+  if (dw2.buf) r.dw2 = to_doubles(dw2);
+  if (dsc.buf) r.dscores = to_doubles(dsc);
+  if (db1.buf) r.db1 = to_doubles(db1);
+  if (db2.buf) r.db2 = to_doubles(db2);
   return r;
 }
 

@@ -59,11 +59,17 @@ struct LibResult {
   std::vector<int32_t> expert_offsets, sorted_token, sorted_pair, pair_position, token_offsets;
 };
 
+// Which gradients moe_backward is given (the others are absent, not
+// computed, and stay empty in LibResult); bias gradients only with biases.
+struct GradSet {
+  bool dx = true, dw1 = true, db1 = true, dw2 = true, db2 = true, dscores = true;
+};
+
 // Runs routing_from_pairs (or routing_from_topk when the case is top-K with
 // K pairs per token and `use_topk` is set), moe_forward and, if `backward`,
 // moe_backward on `device`. Throws sonicmoe::Error on failure.
 LibResult run_library(const Case& c, Device device, bool backward, bool use_topk = true,
-                      ForwardMode mode = ForwardMode::Training);
+                      ForwardMode mode = ForwardMode::Training, GradSet grads = {});
 
 struct ErrorStats {
   double max_abs = 0;     // max |lib - ref|

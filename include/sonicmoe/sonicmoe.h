@@ -88,6 +88,8 @@ typedef struct {
   int32_t activation;
   int32_t reserved;
   smoe_tensor_t h, dout;
+  /* Each gradient is optional (sonicmoe::MoeBackwardArgs): an absent one
+     (all zeros) is not computed. */
   smoe_tensor_t dx, dw1, db1, dw2, db2, dscores;
   smoe_workspace_t workspace;
 } smoe_backward_args_t;

@@ -161,7 +161,11 @@ void moe_forward(const MoeForwardArgs& args, Stream stream = nullptr);
 
 // Gradients of the forward above from dout [T, d] bf16 and the saved h.
 // Outputs: dx [T, d], dw1 [E, R, d], dw2 [E, d, n] bf16; db1 / db2 bf16,
-// required exactly when b1 / b2 are present; dscores f32 shaped like scores.
+// allowed only when b1 / b2 are present; dscores f32 shaped like scores.
+// Each output is optional: an absent one (Tensor{}) is not computed, and
+// the work only it needs is skipped (without dw1 and dw2, as for frozen
+// experts, the two weight-gradient products; without dx, dX~ and its
+// aggregation); the outputs given are the same bits either way.
 // Experts with no pairs get exactly zero weight gradients.
 struct MoeBackwardArgs {
   Tensor x, w1, b1, w2, b2, scores;

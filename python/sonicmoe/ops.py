@@ -20,8 +20,10 @@ Ops (all functional, no input is mutated):
   sonicmoe::moe_forward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, training)
       -> (out [T,H], h [N,R] (empty in inference); h's rows are in position
          order, its columns in the library's layout: h_stored_columns)
-  sonicmoe::moe_backward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, h, dout)
-      -> (dx, dw1, db1 (empty if no b1), dw2, db2 (empty if no b2), dscores)
+  sonicmoe::moe_backward(x, w1, b1?, w2, b2?, scores, <6 metadata>, activation, h, dout,
+                         needs bool[6])
+      -> (dx, dw1, db1, dw2, db2, dscores); empty where needs is False (autograd's
+         needs_input_grad) or the bias is absent: that work is skipped
   sonicmoe::permute_gate_up(src, inverse) -> dst   (HF [gate; up] rows <-> interleaved)
   sonicmoe::round_routing(logits, topk_ids, topk_scores, tile, mode)
       -> (token_ids i32 [C], expert_ids i32 [C], scores f32 [C], num_pairs i32 [1]),
@@ -280,32 +282,42 @@ def _(x, w1, b1, w2, b2, scores, expert_counts, expert_offsets, token_offsets, s
 
 
 @torch.library.custom_op("sonicmoe::moe_backward", mutates_args=(),
-                         schema=f"({_LAYER_IN}, Tensor h, Tensor dout) -> {_SIX}")
+                         schema=f"({_LAYER_IN}, Tensor h, Tensor dout, bool[6] needs) -> {_SIX}")
 def moe_backward(x, w1, b1, w2, b2, scores, expert_counts, expert_offsets, token_offsets,
-                 sorted_token, sorted_pair, pair_position, activation: int, h, dout):
+                 sorted_token, sorted_pair, pair_position, activation: int, h, dout, needs):
+    """Gradients of (x, w1, b1, w2, b2, scores); needs[i] False (or an absent
+    bias) gives an empty tensor there, and the library skips the work only
+    that gradient needs (frozen experts: no weight-gradient products)."""
     x, w1, b1, w2, b2 = _a16(x), _a16(w1), _a16(b1), _a16(w2), _a16(b2)
     h, dout = _a16(h), _a16(dout)
     scores = _a4(scores)
     routing = tuple(_a4(t) for t in (expert_counts, expert_offsets, token_offsets, sorted_token,
                                      sorted_pair, pair_position))
-    dx, dw1, db1, dw2, db2, dscores = _grads_like(x, w1, b1, w2, b2, scores)
-    _lib.moe_backward(x, w1, b1, w2, b2, scores, routing, activation, h, dout, dx, dw1,
-                      db1 if b1 is not None else None, dw2, db2 if b2 is not None else None,
-                      dscores)
-    return dx, dw1, db1, dw2, db2, dscores
+    grads = _grads_like(x, w1, b1, w2, b2, scores, needs)
+    outs = [g if w else None for g, w in zip(grads, _wanted(b1, b2, needs))]
+    _lib.moe_backward(x, w1, b1, w2, b2, scores, routing, activation, h, dout, *outs)
+    return grads
 
 
-def _grads_like(x, w1, b1, w2, b2, scores):
-    e = lambda t: torch.empty(t.shape, dtype=t.dtype, device=t.device)  # noqa: E731
-    none = x.new_empty(0)
-    return (e(x), e(w1), e(b1) if b1 is not None else none, e(w2),
-            e(b2) if b2 is not None else none.clone(), e(scores))
+def _wanted(b1, b2, needs):
+    """Which of the six gradients are computed: asked for, and for the bias
+    gradients, a bias there."""
+    ndx, ndw1, ndb1, ndw2, ndb2, nds = (bool(v) for v in needs)
+    return ndx, ndw1, ndb1 and b1 is not None, ndw2, ndb2 and b2 is not None, nds
+
+
+def _grads_like(x, w1, b1, w2, b2, scores, needs):
+    # An empty tensor stands for a gradient not computed (each a tensor of
+    # its own: custom ops may not return aliases of one another).
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) if want
+                 else x.new_empty(0)
+                 for t, want in zip((x, w1, b1, w2, b2, scores), _wanted(b1, b2, needs)))
 
 
 @moe_backward.register_fake
 def _(x, w1, b1, w2, b2, scores, expert_counts, expert_offsets, token_offsets, sorted_token,
-      sorted_pair, pair_position, activation, h, dout):
-    return _grads_like(x, w1, b1, w2, b2, scores)
+      sorted_pair, pair_position, activation, h, dout, needs):
+    return _grads_like(x, w1, b1, w2, b2, scores, needs)
 
 
 def _moe_setup(ctx, inputs, output):
@@ -324,11 +336,14 @@ def _moe_backward(ctx, dout, _dh):
             "(is_inference_mode_enabled=True or module.eval()): the pre-activation H was not "
             "kept. Run the forward in training mode to differentiate it.")
     x, w1, b1, w2, b2, scores, *routing, h = ctx.saved_tensors
-    dx, dw1, db1, dw2, db2, dscores = moe_backward(
-        x, w1, b1, w2, b2, scores, *routing, ctx.activation, h,
-        dout.to(x.dtype).contiguous())
-    return (dx, dw1, db1 if ctx.has_b1 else None, dw2, db2 if ctx.has_b2 else None, dscores,
-            None, None, None, None, None, None, None, None)
+    # Only the gradients autograd asks for: frozen experts (w1, w2 without
+    # requires_grad) skip the two weight-gradient products, an input that
+    # needs no gradient skips dX~ and its aggregation.
+    needs = list(ctx.needs_input_grad[:6])
+    grads = moe_backward(x, w1, b1, w2, b2, scores, *routing, ctx.activation, h,
+                         dout.to(x.dtype).contiguous(), needs)
+    wanted = _wanted(b1, b2, needs)
+    return tuple(g if w else None for g, w in zip(grads, wanted)) + (None,) * 8
 
 
 moe_forward.register_autograd(_moe_backward, setup_context=_moe_setup)

@@ -66,6 +66,66 @@ def test_activation_checkpointing_gives_the_same_gradients(device, reentrant):
         assert torch.equal(a, b)
 
 
+@needs_lib
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("frozen", ["experts", "x", "biases", "all_but_router"])
+def test_frozen_inputs_get_no_gradient_and_the_rest_is_unchanged(device, frozen):
+    """Only the gradients autograd asks for are computed (the library skips
+    the rest: frozen experts skip the weight-gradient products); those it
+    computes equal a full backward's bit for bit."""
+    torch.manual_seed(6)
+    m = MoE(E, K, H, I, "swiglu", add_bias=True, std=0.1).to(device=device,
+                                                             dtype=torch.bfloat16)
+    x0 = torch.randn(20, H, device=device).bfloat16()
+
+    def run(freeze):
+        for p in m.parameters():
+            p.requires_grad_(True)
+        for p in freeze:
+            p.requires_grad_(False)
+        m.zero_grad(set_to_none=True)
+        x = x0.clone().requires_grad_(frozen != "x")
+        out, aux = m(x)
+        (out.float().square().sum() + aux).backward()
+        return out, x.grad, {n: p.grad for n, p in m.named_parameters()}
+
+    e = [m.c_fc.weight, m.c_proj.weight]
+    b = [m.c_fc.bias, m.c_proj.bias]
+    freeze = {"experts": e, "x": [], "biases": b, "all_but_router": e + b}[frozen]
+    out_f, dx_f, g_f = run([])
+    # Which outputs the library is given (None: absent, not computed).
+    from sonicmoe import _lib
+    given = []
+    real = _lib.moe_backward
+
+    def spy(*args):
+        given.append([t is not None for t in args[-6:]])
+        return real(*args)
+
+    _lib.moe_backward = spy
+    try:
+        out, dx, g = run(freeze)
+    finally:
+        _lib.moe_backward = real
+    # dx, dw1, db1, dw2, db2, dscores
+    want = {"experts": [True, False, True, False, True, True],
+            "x": [False, True, True, True, True, True],
+            "biases": [True, True, False, True, False, True],
+            "all_but_router": [True, False, False, False, False, True]}[frozen]
+    assert given == [want]
+    assert torch.equal(out, out_f)
+    if frozen == "x":
+        assert dx is None
+    else:
+        assert torch.equal(dx, dx_f)
+    frozen_ids = {id(p) for p in freeze}
+    for n, p in m.named_parameters():
+        if id(p) in frozen_ids:
+            assert g[n] is None, n
+        else:
+            assert torch.equal(g[n], g_f[n]), n
+
+
 def test_switch_aux_loss_value():
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     freq = torch.tensor([2, 1, 1], dtype=torch.int32)

@@ -346,16 +346,18 @@ void moe_backward(const MoeBackwardArgs& a, Stream stream) {
   check_scores(c, a.scores, "scores", s.T, s.N);
   c.tensor(a.h, "h", DType::BF16, {s.N, s.R});
   c.tensor(a.dout, "dout", DType::BF16, {s.T, s.d});
-  c.tensor(a.dx, "dx", DType::BF16, {s.T, s.d});
-  c.tensor(a.dw1, "dw1", DType::BF16, {s.E, s.R, s.d});
-  c.tensor(a.dw2, "dw2", DType::BF16, {s.E, s.d, s.n});
-  if (a.b1.present()) c.tensor(a.db1, "db1", DType::BF16, {s.E, s.R});
+  // Every gradient is optional: an absent one is not computed (frozen
+  // weights skip their products, an input that needs no gradient its own).
+  c.optional(a.dx, "dx", DType::BF16, {s.T, s.d});
+  c.optional(a.dw1, "dw1", DType::BF16, {s.E, s.R, s.d});
+  c.optional(a.dw2, "dw2", DType::BF16, {s.E, s.d, s.n});
+  if (a.b1.present()) c.optional(a.db1, "db1", DType::BF16, {s.E, s.R});
   else c.absent(a.db1, "db1", "when b1 is absent");
-  if (a.b2.present()) c.tensor(a.db2, "db2", DType::BF16, {s.E, s.d});
+  if (a.b2.present()) c.optional(a.db2, "db2", DType::BF16, {s.E, s.d});
   else c.absent(a.db2, "db2", "when b2 is absent");
   // dscores has the shape of scores (checked above: [N] or [T, K]).
-  if (a.scores.ndim == 1) c.tensor(a.dscores, "dscores", DType::F32, {s.N});
-  else c.tensor(a.dscores, "dscores", DType::F32, {a.scores.shape[0], a.scores.shape[1]});
+  if (a.scores.ndim == 1) c.optional(a.dscores, "dscores", DType::F32, {s.N});
+  else c.optional(a.dscores, "dscores", DType::F32, {a.scores.shape[0], a.scores.shape[1]});
   const MoeProblem p = problem_of(s, a.activation);
   auto& b = detail::backend_for(c.device(), c.call());
   c.workspace(a.workspace, b.backward_workspace_size(p));

@@ -308,10 +308,11 @@ class CpuBackend final : public detail::Backend {
     WorkspaceCarver w(a.workspace.data);
     const BackwardScratch s = carve_backward(w, p);
     auto opt = [](const Tensor& t) { return t.present() ? ptr<bf16>(t) : nullptr; };
+    float* dscores = a.dscores.present() ? ptr<float>(a.dscores) : nullptr;
     act::dispatch(p.activation, [&]<Activation A>() {
-      cpu::moe_backward<A>(L, ptr<const bf16>(a.h), ptr<const bf16>(a.dout), ptr<bf16>(a.dx),
-                           ptr<bf16>(a.dw1), opt(a.db1), ptr<bf16>(a.dw2), opt(a.db2),
-                           ptr<float>(a.dscores), s.dh, s.ap, s.dxt);
+      cpu::moe_backward<A>(L, ptr<const bf16>(a.h), ptr<const bf16>(a.dout), opt(a.dx),
+                           opt(a.dw1), opt(a.db1), opt(a.dw2), opt(a.db2), dscores, s.dh, s.ap,
+                           s.dxt);
     });
   }
 

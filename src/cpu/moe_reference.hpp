@@ -111,14 +111,17 @@ void moe_forward(const LayerView<T, Acc>& L, T* out, T* h, Acc* a, Acc* y) {
   });
 }
 
-// Scratch: dh [N, R], ap [N, n] (A' = s * A), dxt [N, d].
+// Scratch: dh [N, R], ap [N, n] (A' = s * A), dxt [N, d]. A null output
+// (dx, dw1, db1, dw2, db2, dscores) is not computed; the others do not change.
 template <Activation A, class T, class Acc>
 void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, T* dw1, T* db1,
                   T* dw2, T* db2, Acc* dscores, Acc* dh, Acc* ap, Acc* dxt) {
   const int64_t d = L.d, n = L.n, R = L.R(), E = L.E;
   // dH kernel: dA' = dO[t] W2_e; dS = <dA', A> (+ <dO[t], b2_e>); dH = act'(H) (s dA').
-  for (int64_t i = 0; i < L.N; ++i)
-    if (L.pair_position[i] < 0) dscores[i] = 0;
+  if (!dx && !dw1 && !db1 && !dw2 && !db2 && !dscores) return;
+  if (dscores)
+    for (int64_t i = 0; i < L.N; ++i)
+      if (L.pair_position[i] < 0) dscores[i] = 0;
   parallel_for(L.used(), 2 * d * n, [&](int64_t p) {
     const int64_t e = L.expert_of(p), t = L.sorted_token[p], i = L.sorted_pair[p];
     const Acc s = L.scores[i];
@@ -150,15 +153,15 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
       ds += dap[j] * aj;
       dap[j] = s * aj;
     }
-    dscores[i] = ds;
+    if (dscores) dscores[i] = ds;
   });
 
   // dW2_e[c, :] = sum_p dO[t_p, c] A'[p, :]; db2_e[c] = sum_p s_p dO[t_p, c].
   constexpr int64_t kB = 64;  // column block kept in registers/stack
-  parallel_for(E * d, 2 * n * 16, [&](int64_t ec) {
+  if (dw2 || db2) parallel_for(E * d, 2 * n * 16, [&](int64_t ec) {
     const int64_t e = ec / d, c = ec % d;
     const int64_t p0 = L.expert_offsets[e], p1 = L.expert_offsets[e + 1];
-    for (int64_t j0 = 0; j0 < n; j0 += kB) {
+    for (int64_t j0 = 0; dw2 && j0 < n; j0 += kB) {
       const int64_t jb = std::min(kB, n - j0);
       Acc acc[kB] = {};
       for (int64_t p = p0; p < p1; ++p) {
@@ -176,7 +179,7 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
   });
 
   // dX~[p] = dH[p] W1_e.
-  parallel_for(L.used(), R * d, [&](int64_t p) {
+  if (dx) parallel_for(L.used(), R * d, [&](int64_t p) {
     const int64_t e = L.expert_of(p);
     const T* w = L.w1 + e * R * d;
     Acc* row = dxt + p * d;
@@ -188,10 +191,10 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
   });
 
   // dW1_e[j, :] = sum_p dH[p, j] X[t_p, :]; db1_e[j] = sum_p dH[p, j].
-  parallel_for(E * R, 2 * d * 16, [&](int64_t ej) {
+  if (dw1 || db1) parallel_for(E * R, 2 * d * 16, [&](int64_t ej) {
     const int64_t e = ej / R, j = ej % R;
     const int64_t p0 = L.expert_offsets[e], p1 = L.expert_offsets[e + 1];
-    for (int64_t k0 = 0; k0 < d; k0 += kB) {
+    for (int64_t k0 = 0; dw1 && k0 < d; k0 += kB) {
       const int64_t kb = std::min(kB, d - k0);
       Acc acc[kB] = {};
       for (int64_t p = p0; p < p1; ++p) {
@@ -209,7 +212,7 @@ void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, 
   });
 
   // dX[t] = sum over the token's pairs of dX~.
-  parallel_for(L.T_, d * 4, [&](int64_t t) {
+  if (dx) parallel_for(L.T_, d * 4, [&](int64_t t) {
     for (int64_t k = 0; k < d; ++k) {
       Acc s = 0;
       for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i)

@@ -5,7 +5,8 @@
 //   tile_offsets, experts by load -> dh (dH, A' = s A, dS partials)
 //   -> reduce dS (+ bias term)
 //   -> dw2 (varlen-K over dO[gather], A') -> db2 -> dx_tilde (dX~ = dH W1)
-//   -> dw1 (varlen-K over dH, X[gather]) -> db1 -> aggregate dX[t] = sum dX~.
+//   -> dw1 (varlen-K over dH, X[gather]) -> db1 -> aggregate dX[t] = sum dX~;
+//   a gradient the caller leaves absent skips the steps only it needs.
 // Every temporary comes from the workspace; nothing synchronises with the host.
 #include "moe/gpu_layer.hpp"
 
@@ -129,26 +130,36 @@ void backward(gemm::Engine& engine, const MoeBackwardArgs& a, const MoeProblem& 
   const auto* dout = ptr<const bf16_t>(a.dout);
   const auto* x = ptr<const bf16_t>(a.x);
 
+  // Absent gradients are not computed (api.cpp): each product runs only
+  // for the outputs that need it. db2 alone needs no dH kernel.
+  const bool dx = a.dx.present(), dw1 = a.dw1.present(), db1 = a.db1.present();
+  const bool dw2 = a.dw2.present(), db2 = a.db2.present(), ds = a.dscores.present();
+  if (!(dx || dw1 || db1 || dw2 || db2 || ds)) return;
+
   kernels::tile_offsets(eoff, p.num_experts, engine.m_tile(), b.tile_offsets, st);
   kernels::experts_by_load(eoff, p.num_experts, b.expert_order, st);
   const gemm::RoutingPtrs r = routing_ptrs(a.routing, b.tile_offsets, b.expert_order);
 
-  kernels::scores_by_position(scores, spair, p.num_pairs, b.pos_scores, st);
-  engine.dh(L, r, W, dout, ptr<const bf16_t>(a.h), b.pos_scores, b.dh, b.ap, b.ds_part, st);
-  kernels::reduce_dscores(b.ds_part, static_cast<int>(dh_tiles(engine, p)), ppos, stok, eoff, dout,
-                          W.b2, p.num_tokens, p.num_experts, p.num_pairs, p.hidden,
-                          ptr<float>(a.dscores), st);
-  engine.dw2(L, r, dout, b.ap, ptr<bf16_t>(a.dw2), st);
-  if (a.db2.present())
+  if (dx || dw1 || db1 || dw2 || ds) {
+    kernels::scores_by_position(scores, spair, p.num_pairs, b.pos_scores, st);
+    engine.dh(L, r, W, dout, ptr<const bf16_t>(a.h), b.pos_scores, b.dh, b.ap, b.ds_part, st);
+  }
+  if (ds)
+    kernels::reduce_dscores(b.ds_part, static_cast<int>(dh_tiles(engine, p)), ppos, stok, eoff,
+                            dout, W.b2, p.num_tokens, p.num_experts, p.num_pairs, p.hidden,
+                            ptr<float>(a.dscores), st);
+  if (dw2) engine.dw2(L, r, dout, b.ap, ptr<bf16_t>(a.dw2), st);
+  if (db2)
     kernels::expert_column_sums(dout, p.num_tokens, stok, scores, spair, eoff, p.num_experts,
                                 p.num_pairs, p.hidden, ptr<bf16_t>(a.db2), st);
-  engine.dx_tilde(L, r, W, b.dh, b.dxt, st);
-  engine.dw1(L, r, b.dh, x, ptr<bf16_t>(a.dw1), st);
-  if (a.db1.present())
+  if (dx) engine.dx_tilde(L, r, W, b.dh, b.dxt, st);
+  if (dw1) engine.dw1(L, r, b.dh, x, ptr<bf16_t>(a.dw1), st);
+  if (db1)
     kernels::expert_column_sums(b.dh, p.num_pairs, nullptr, nullptr, nullptr, eoff, p.num_experts,
                                 p.num_pairs, R, ptr<bf16_t>(a.db1), st);
-  kernels::aggregate_rows(b.dxt, nullptr, ptr<const int32_t>(a.routing.token_offsets), ppos,
-                          p.num_tokens, p.num_pairs, p.hidden, ptr<bf16_t>(a.dx), st);
+  if (dx)
+    kernels::aggregate_rows(b.dxt, nullptr, ptr<const int32_t>(a.routing.token_offsets), ppos,
+                            p.num_tokens, p.num_pairs, p.hidden, ptr<bf16_t>(a.dx), st);
 }
 
 }  // namespace sonicmoe::moe
