@@ -117,6 +117,11 @@ if [ -z "${SONICMOE_LIBRARY:-}" ]; then
   export SONICMOE_LIBRARY="$ROOT/build-py/src/libsonicmoe.so"
 fi
 export SONICMOE_REQUIRE_LIBRARY=1
+# A fresh Inductor cache: compiled graphs left by an earlier run may call the
+# library's ops with an older schema (docs/NOTES.md, "Inductor's on-disk cache").
+TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
+export TORCHINDUCTOR_CACHE_DIR
+trap 'rm -rf "$TORCHINDUCTOR_CACHE_DIR"' EXIT
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 
 log "pytest python/tests (library: $SONICMOE_LIBRARY)"
