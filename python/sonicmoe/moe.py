@@ -112,7 +112,11 @@ class MoE(nn.Module):
             router_order=self.router_order, renormalize=self.renormalize,
             kernel_backend_moe=as_backend(kernel_backend_moe),
             token_rounding=self.token_rounding, rounding_tile=self.rounding_tile)
-        out = out.view(shape)
+        if out.shape != shape:
+            # Not a view: FSDP2 warns about (and cannot hook in-place ops
+            # on) a module output that is a view. The library's output is a
+            # fresh tensor nothing else refers to, the case _unsafe_view is for.
+            out = torch.ops.aten._unsafe_view(out, shape)
         aux_loss = None if is_inference_mode else Fm.switch_aux_loss(logits, freq)
         return out, aux_loss
 
