@@ -86,6 +86,16 @@ def make_layer(T, H, I, E, *, gated=True, bias=False, device="cpu", seed=0):
     return p
 
 
+def module_step(m, fn, x0):
+    """One training step of module m through fn(x) -> (out, aux) on a fresh
+    copy of x0: returns [out, aux, x.grad, *parameter grads]."""
+    m.zero_grad(set_to_none=True)
+    x = x0.clone().requires_grad_()
+    out, aux = fn(x)
+    (out.float().square().sum() + aux).backward()
+    return [out, aux, x.grad] + [q.grad for q in m.parameters()]
+
+
 def leaves(p: dict, dtype=None) -> dict:
     """Fresh leaf tensors requiring grad (optionally cast, e.g. to fp32)."""
     out = {}

@@ -14,7 +14,7 @@ import copy
 import pytest
 import torch
 
-from conftest import DEVICES, general_routing, needs_lib
+from conftest import DEVICES, general_routing, module_step, needs_lib
 from sonicmoe import KernelBackendMoE, MoE, moe_general_routing_inputs
 
 
@@ -122,14 +122,7 @@ def test_compiled_under_autocast_equals_eager():
             out, aux = m(x)
         return out, aux
 
-    def run(fn):
-        m.zero_grad(set_to_none=True)
-        x = x0.clone().requires_grad_()
-        out, aux = fn(x)
-        (out.float().square().sum() + aux).backward()
-        return [out, aux, x.grad] + [p.grad for p in m.parameters()]
-
-    eager = run(step)
-    compiled = run(torch.compile(step, fullgraph=True, backend="aot_eager"))
+    eager = module_step(m, step, x0)
+    compiled = module_step(m, torch.compile(step, fullgraph=True, backend="aot_eager"), x0)
     for a, b in zip(eager, compiled):
         assert a.dtype == b.dtype and torch.equal(a, b)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICES, general_routing, leaves, make_layer, needs_lib, rel_err
+from conftest import (DEVICES, general_routing, leaves, make_layer, module_step, needs_lib,
+                      rel_err)
 from sonicmoe import MoE, moe_general_routing_inputs, moe_TC_softmax_topk_layer
 
 
@@ -101,15 +102,8 @@ def test_compiled_module_inductor(device):
         out, aux = m(x)
         return out, aux
 
-    def run(fn):
-        m.zero_grad(set_to_none=True)
-        x = x0.clone().requires_grad_()
-        out, aux = fn(x)
-        (out.float().square().sum() + aux).backward()
-        return out, aux, [x.grad] + [q.grad for q in m.parameters()]
-
-    e_out, e_aux, e_g = run(step)
-    c_out, c_aux, c_g = run(torch.compile(step, fullgraph=True))
+    e_out, e_aux, *e_g = module_step(m, step, x0)
+    c_out, c_aux, *c_g = module_step(m, torch.compile(step, fullgraph=True), x0)
     assert torch.equal(e_out, c_out)
     assert torch.allclose(e_aux, c_aux, rtol=1e-5, atol=1e-6)
     for a, b in zip(e_g, c_g):
