@@ -143,6 +143,24 @@ struct Consumer {
     });
   }
 
+  // Tile k of this CTA in the tile ring, once published. The consumers
+  // read it there whenever they need a field (a shared load) instead of
+  // holding its 64-bit fields in registers through the mainloop, which
+  // spilled the dH consumers; so the slot stays theirs until give_back.
+  __device__ static const Tile& take(const Smem& sm, int k) {
+    const int slot = k % kTileRing;
+    hw::mbar_wait(sm.tile_full + slot, (k / kTileRing) & 1);
+    return sm.tiles[slot];
+  }
+  // Tile k's slot back to the producer: lane 0 of each warp, after every
+  // lane's reads. Only grouped-K producers wait for it (Producer::publish).
+  __device__ static void give_back(const Smem& sm, int k) {
+    if constexpr (K::kG == Grouping::K) {
+      __syncwarp();
+      if ((threadIdx.x & 31) == 0) hw::mbar_arrive(sm.tile_empty + k % kTileRing);
+    }
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
@@ -157,11 +175,12 @@ struct Consumer {
     bool pending = false;
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
-      trace::Stamps stamps;  // before the lookup: "first" includes it
-      const Tile t = sched.at(id);
+      trace::Stamps stamps;  // before the tile ring: "first" includes its wait
+      const Tile& t = take(sm, k);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
         it += ktiles;
+        give_back(sm, k);
         continue;
       }
       // Consumers issue no cp.async of their own in the mainloop: the
@@ -231,6 +250,7 @@ struct Consumer {
       else
         Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
       stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
+      give_back(sm, k);
     }
     // The last tile's deferred stores: no stage left to hide them under.
     if constexpr (kDeferred > 0)
