@@ -32,18 +32,18 @@ __device__ __forceinline__ int order_barrier(int wg) {
   static_assert(kOrderBarrier1 == kOrderBarrier0 + 1);
   return kOrderBarrier0 + wg;
 }
-// The tile ring: the producer looks each tile up and publishes it in shared
-// memory, kTileRing slots deep, so that the consumers read a tile's
-// position from there instead of repeating the lookup's dependent global
-// loads at the start of every tile while the tensor cores wait (the tile
-// trace put 1.2-2k cycles between one tile's epilogue and the next's first
-// MMA). Slot k % kTileRing holds the CTA's k-th tile; tile_full[slot]
-// completes on the producer's thread 0 arrive (1 arrival, after its
-// store); the phase of tile k is (k / kTileRing) & 1. tile_empty[slot]
-// completes on lane 0 of every consumer warp (8 arrivals, each after its
-// warp's last read, at the tile's end), for the grouped-K producer, which
-// waits on it (Producer::publish says why only that one).
-inline constexpr int kTileRing = 16, kConsumerWarps = 8;
+// The tile ring (grouped-M kernels): the producer looks each tile up and
+// publishes it in shared memory, kTileRing slots deep, so that the
+// consumers read a tile's position from there instead of repeating the
+// lookup's dependent global loads at the start of every tile while the
+// tensor cores wait (700-1400 cycles a tile in the tile trace, H200).
+// Slot k % kTileRing holds the CTA's k-th tile; tile_full[slot] completes
+// on the producer's thread 0 arrive (1 arrival, after its store); the
+// phase of tile k is (k / kTileRing) & 1. No barrier gives a slot back:
+// the stages keep the producer close enough behind the consumers (Kernel's
+// static_assert). Grouped-K kernels keep their own lookup: their cheaper
+// one (two loads) did not pay for a ring (docs/NOTES.md).
+inline constexpr int kTileRing = 16;
 
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
 // role's code. Grouped-K producers publish row addresses and copy with them

@@ -143,21 +143,17 @@ struct Consumer {
     });
   }
 
-  // Tile k of this CTA in the tile ring, once published. The consumers
-  // read it there whenever they need a field (a shared load) instead of
-  // holding its 64-bit fields in registers through the mainloop, which
-  // spilled the dH consumers; so the slot stays theirs until give_back.
-  __device__ static const Tile& take(const Smem& sm, int k) {
-    const int slot = k % kTileRing;
-    hw::mbar_wait(sm.tile_full + slot, (k / kTileRing) & 1);
-    return sm.tiles[slot];
-  }
-  // Tile k's slot back to the producer: lane 0 of each warp, after every
-  // lane's reads. Only grouped-K producers wait for it (Producer::publish).
-  __device__ static void give_back(const Smem& sm, int k) {
-    if constexpr (K::kG == Grouping::K) {
-      __syncwarp();
-      if ((threadIdx.x & 31) == 0) hw::mbar_arrive(sm.tile_empty + k % kTileRing);
+  // The CTA's k-th tile (id): grouped-M, a reference to its tile ring slot
+  // once published, whose fields are read when needed (a shared load; held
+  // in registers through the mainloop, they spilled the dH consumers);
+  // grouped-K, looked up here.
+  __device__ static decltype(auto) tile(const Sched& sched, const Smem& sm, int k, int id) {
+    if constexpr (K::kTileRingOn) {
+      const int slot = k % kTileRing;
+      hw::mbar_wait(sm.tile_full + slot, (k / kTileRing) & 1);
+      return static_cast<const Tile&>(sm.tiles[slot]);
+    } else {
+      return sched.at(id);
     }
   }
 
@@ -175,12 +171,11 @@ struct Consumer {
     bool pending = false;
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
-      trace::Stamps stamps;  // before the tile ring: "first" includes its wait
-      const Tile& t = take(sm, k);
+      trace::Stamps stamps;  // before the lookup or the ring: "first" includes it
+      decltype(auto) t = tile(sched, sm, k, id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
         it += ktiles;
-        give_back(sm, k);
         continue;
       }
       // Consumers issue no cp.async of their own in the mainloop: the
@@ -250,7 +245,6 @@ struct Consumer {
       else
         Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
       stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
-      give_back(sm, k);
     }
     // The last tile's deferred stores: no stage left to hide them under.
     if constexpr (kDeferred > 0)

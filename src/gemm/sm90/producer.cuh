@@ -169,19 +169,12 @@ struct Producer {
     }
   }
 
-  // Tile k of this CTA into the tile ring (thread 0). Grouped-K tiles may
-  // have no stages (an expert without rows), so the producer could run any
-  // number of tiles ahead: it waits until the consumers gave tile k -
-  // kTileRing's slot back. Grouped-M tiles all have stages (K > 0), and the
-  // stages alone keep the producer within kStages + 2 tiles of the oldest
-  // tile a consumer may still read (see Kernel's static_assert), so it does
-  // not wait: in the copy producers' 40-56 registers the wait's loop
-  // spilled 12-100 bytes.
+  // Tile k of this CTA into the tile ring (thread 0; grouped-M only). It
+  // does not wait for the slot (Kernel's static_assert says why): in the
+  // copy producers' 40-56 registers such a wait's loop spilled 12-100 bytes.
   __device__ static void publish(const Smem& sm, int k, const Tile& t) {
     if (threadIdx.x != 0) return;
     const int slot = k % kTileRing;
-    if constexpr (G == Grouping::K)
-      if (k >= kTileRing) hw::mbar_wait(sm.tile_empty + slot, ((k / kTileRing) - 1) & 1);
     sm.tiles[slot] = t;
     hw::mbar_arrive(sm.tile_full + slot);  // release: the store above first
   }
@@ -337,7 +330,6 @@ struct Producer {
       const Tile t = next.tile;
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       trace::Stamps stamps;
-      publish(sm, k, t);
       const int chunks = max(1, (ktiles + kChunkStages - 1) / kChunkStages);
       const int next_id = tile_of<kCluster>(k + 1);
       for (int ci = 0; ci < chunks; ++ci, ++chunk) {
