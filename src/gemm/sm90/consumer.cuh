@@ -144,9 +144,9 @@ struct Consumer {
   }
 
   // The CTA's k-th tile (id): grouped-M, a reference to its tile ring slot
-  // once published, whose fields are read when needed (a shared load; held
-  // in registers through the mainloop, they spilled the dH consumers);
-  // grouped-K, looked up here.
+  // once published, whose fields are read when needed (a shared load)
+  // rather than held in registers through the mainloop; grouped-K, looked
+  // up here.
   __device__ static decltype(auto) tile(const Sched& sched, const Smem& sm, int k, int id) {
     if constexpr (K::kTileRingOn) {
       const int slot = k % kTileRing;
