@@ -240,10 +240,14 @@ struct Consumer {
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
+      // The epilogue reads the tile's fields at every chunk: from registers
+      // loaded once, not from the ring slot, which its own shared-memory
+      // stores would make it reload (a copy of a value costs nothing).
+      const Tile te = t;
       if constexpr (kDeferred > 0)
-        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi, pend);
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi, pend);
       else
-        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi);
       stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
     }
     // The last tile's deferred stores: no stage left to hide them under.
