@@ -179,8 +179,11 @@ struct Consumer {
         continue;
       }
       // Consumers issue no cp.async of their own in the mainloop: the
-      // epilogue's prefetch groups are the only ones they wait for.
-      Epi::template prefetch<kTileM>(ep, g.schedule, t, frag, epi);
+      // epilogue's prefetch groups are the only ones they wait for. It gets
+      // a copy of the tile, alive for the call only: through the slot,
+      // each of its copies (asm with a memory clobber) made it reload the
+      // fields, while the tensor cores wait for the first stage's MMAs.
+      Epi::template prefetch<kTileM>(ep, g.schedule, Tile(t), frag, epi);
       if (kPingPong && k > 0) hw::named_sync(order_barrier(wg), 256);
 #pragma unroll
       for (int i = 0; i < kSub; ++i)
