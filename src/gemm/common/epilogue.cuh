@@ -25,6 +25,9 @@
 //   F::kRows, f.first_row()  the tile rows those threads hold (rows
 //                        first_row .. first_row + kRows - 1; several
 //                        epilogues may share a tile, on disjoint rows)
+//   F::kPinnedBases      whether the epilogue may hold per-tile base
+//                        pointers in registers (arch::opaque) through its
+//                        chunks, or must keep its registers for the view
 // Rows past the tile's valid rows and columns past N are never written.
 //
 // A policy has two steps, both run by the epilogue's threads:

@@ -24,6 +24,7 @@ template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
   static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 128, kRows = 64 * kSub;
+  static constexpr bool kPinnedBases = true;  // 240 registers per consumer thread
 
   __device__ int wg() const { return (threadIdx.x - 128) >> 7; }
   __device__ int first_row() const { return kOwnTile ? 0 : wg() * kRows; }
