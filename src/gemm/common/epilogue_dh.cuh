@@ -58,19 +58,9 @@ struct DHEpilogue {
     return arch::smem_addr(smem + ring_offset<kBM>()) +
            (f.thread() + ((k % kRing) * kVecs + v) * F::kThreads) * 16;
   }
-  // A tile's first row in one of the epilogue's buffers. Where the view has
-  // registers to spare (F::kPinnedBases), pinned by arch::opaque: each chunk's
-  // address is then one wide multiply-add of a 32-bit offset.
-  template <class F, class T>
-  __device__ static T* tile_base(T* p) {
-    if constexpr (F::kPinnedBases)
-      return arch::opaque(p);
-    else
-      return p;
-  }
   template <class F>
   __device__ static const bf16_t* h_tile(const Params& p, const Schedule& s, const Tile& t) {
-    return tile_base<F>(p.h + t.m0 * (kCols * s.N));
+    return tile_base<F>(p.h + t.m0 * (kCols * s.N));  // epilogue.cuh
   }
   // Chunk k's H: one cp.async group, empty past the last chunk. Offsets
   // from the tile's first row are 32-bit and unsigned (a tile's rows span

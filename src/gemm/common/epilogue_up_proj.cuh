@@ -44,7 +44,7 @@ struct UpProjEpilogue : NoPrefetch {
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
-    bf16_t* h = p.h ? p.h + t.m0 * s.N : nullptr;  // the tile's first row
+    bf16_t* h = p.h ? tile_base<F>(p.h + t.m0 * s.N) : nullptr;  // the tile's first row
     run(p, s, t, f, [&](auto, int r, int base, uint4 v) {
       if (r < t.rows) store_h(h, static_cast<int>(s.N), r, base, v);
     });
@@ -53,7 +53,8 @@ struct UpProjEpilogue : NoPrefetch {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*,
                                Deferred<D>& d) {
     static_assert(D == F::kChunks);
-    d.m0 = t.m0, d.n0 = t.n0, d.rows = t.rows;
+    d.base = p.h ? tile_base<F>(p.h + t.m0 * s.N) : nullptr;
+    d.n0 = static_cast<int>(t.n0), d.rows = t.rows;
     run(p, s, t, f, [&](auto k, int, int, uint4 v) { d.v[decltype(k)::value] = v; });
   }
   // Deferred chunk i: chunk i's H row and columns of d's tile.
@@ -62,23 +63,25 @@ struct UpProjEpilogue : NoPrefetch {
                                const Deferred<D>& d) {
     if (!p.h) return;
     const int r = f.template chunk_row<i>();
-    const int base = static_cast<int>(d.n0) + f.template chunk_col<i>() - 8 * (threadIdx.x & 3);
-    if (r < d.rows) store_h(p.h + d.m0 * s.N, static_cast<int>(s.N), r, base, d.v[i]);
+    const int base = d.n0 + f.template chunk_col<i>() - 8 * (threadIdx.x & 3);
+    if (r < d.rows) store_h(d.base, static_cast<int>(s.N), r, base, d.v[i]);
   }
 
  private:
   // The lane's H values of the 32-column block at base of tile row r (h:
   // the tile's first row): gated, its 4 pairs as the accumulator holds them
   // (h's layout); otherwise the 8 columns base + 8 q .. after the transpose.
+  // Offsets are unsigned: one wide multiply-add from h.
   __device__ static void store_h(bf16_t* h, int R, int r, int base, uint4 v) {
     const int q = threadIdx.x & 3;
     if constexpr (is_gated(Act)) {
       // A block before R & ~31 is whole; the short last block (16 columns)
       // takes pairs 0 and 1, 8 bytes.
       const bool full = base < (R & ~31);
-      arch::stg_128_or_64(h + (r * R + base + (full ? 8 : 4) * q), v, full, base < R);
+      arch::stg_128_or_64(h + static_cast<uint32_t>(r * R + base + (full ? 8 : 4) * q), v, full,
+                          base < R);
     } else {
-      if (base + 8 * q < R) arch::stg_128(h + (r * R + base + 8 * q), v);
+      if (base + 8 * q < R) arch::stg_128(h + static_cast<uint32_t>(r * R + base + 8 * q), v);
     }
   }
 
@@ -89,7 +92,7 @@ struct UpProjEpilogue : NoPrefetch {
                              StoreH&& store) {
     const int R = static_cast<int>(s.N), n = static_cast<int>(p.n);
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
-    bf16_t* a = p.a + t.m0 * p.n;  // the tile's first row; offsets from it in 32 bits
+    bf16_t* a = tile_base<F>(p.a + t.m0 * p.n);  // the tile's first row; 32-bit offsets
     const int q = threadIdx.x & 3;
     // base: the chunk's first column; the lane's pair j is at base + 8 j +
     // 2 q. R is a multiple of 8 (whole groups), of 16 when gated (R = 2n,
@@ -139,7 +142,7 @@ struct UpProjEpilogue : NoPrefetch {
         const int r = q < 2 ? r0 : r1;
         const int col = base / 2 + 8 * (q & 1);
         if (r < t.rows && col < n)
-          arch::stg_128(a + (r * n + col),
+          arch::stg_128(a + static_cast<uint32_t>(r * n + col),
                         uint4{__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.z, v.w, 0x5410),
                               __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x7632)});
       } else {
@@ -151,8 +154,9 @@ struct UpProjEpilogue : NoPrefetch {
         }
         const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
         const bool col_ok = base + 8 * q < R;
-        if (col_ok && r0 < t.rows) arch::stg_128(a + (r0 * n + base + 8 * q), v0);
-        if (col_ok && r1 < t.rows) arch::stg_128(a + (r1 * n + base + 8 * q), v1);
+        const uint32_t col = static_cast<uint32_t>(base + 8 * q);
+        if (col_ok && r0 < t.rows) arch::stg_128(a + (static_cast<uint32_t>(r0 * n) + col), v0);
+        if (col_ok && r1 < t.rows) arch::stg_128(a + (static_cast<uint32_t>(r1 * n) + col), v1);
       }
     });
   }
