@@ -26,7 +26,7 @@ struct StoreEpilogue : NoPrefetch {
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
     // The tile's first row; offsets from it in 32 bits (a tile's rows span
     // less than 2^31 elements: d, n <= 2^20, api.cpp).
-    bf16_t* out = p.out + t.expert * p.expert_stride + t.m0 * p.ld;
+    bf16_t* out = tile_base<F>(p.out + t.expert * p.expert_stride + t.m0 * p.ld);
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
     const int N = static_cast<int>(s.N), ld = static_cast<int>(p.ld);
     if (bias) {
@@ -34,13 +34,13 @@ struct StoreEpilogue : NoPrefetch {
         const int col = static_cast<int>(t.n0) + c;
         if (r >= t.rows || col >= N) return;  // N is a multiple of 8: whole chunks
         add_bias8(v, bias + col);
-        arch::stg_128(out + (r * ld + col), pack8(v));
+        arch::stg_128(out + static_cast<uint32_t>(r * ld + col), pack8(v));
       });
     } else {
       f.for_each_chunk8_bf16([&](auto, int, int r, int c, uint4 v) {
         const int col = static_cast<int>(t.n0) + c;
         if (r >= t.rows || col >= N) return;
-        arch::stg_128(out + (r * ld + col), v);
+        arch::stg_128(out + static_cast<uint32_t>(r * ld + col), v);
       });
     }
   }
