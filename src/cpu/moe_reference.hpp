@@ -117,8 +117,8 @@ template <Activation A, class T, class Acc>
 void moe_backward(const LayerView<T, Acc>& L, const T* h, const T* dout, T* dx, T* dw1, T* db1,
                   T* dw2, T* db2, Acc* dscores, Acc* dh, Acc* ap, Acc* dxt) {
   const int64_t d = L.d, n = L.n, R = L.R(), E = L.E;
-  // dH kernel: dA' = dO[t] W2_e; dS = <dA', A> (+ <dO[t], b2_e>); dH = act'(H) (s dA').
   if (!dx && !dw1 && !db1 && !dw2 && !db2 && !dscores) return;
+  // dH kernel: dA' = dO[t] W2_e; dS = <dA', A> (+ <dO[t], b2_e>); dH = act'(H) (s dA').
   if (dscores)
     for (int64_t i = 0; i < L.N; ++i)
       if (L.pair_position[i] < 0) dscores[i] = 0;
