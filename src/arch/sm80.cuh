@@ -14,6 +14,16 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// p, as a value the compiler cannot see through: a tile's base pointer
+// stays one register, and each access adds a 32-bit offset to it (one wide
+// multiply-add), instead of being folded back into 64-bit arithmetic from
+// the buffer's start at every access. Emits no instruction.
+template <class T>
+__device__ __forceinline__ T* opaque(T* p) {
+  asm("" : "+l"(p));
+  return p;
+}
+
 // 16-byte global -> shared copy; src_bytes < 16 zero-fills the rest (0 for
 // rows or columns past the edge of the operand: nothing is read).
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, uint32_t src_bytes) {

@@ -25,6 +25,9 @@
 //   F::kRows, f.first_row()  the tile rows those threads hold (rows
 //                        first_row .. first_row + kRows - 1; several
 //                        epilogues may share a tile, on disjoint rows)
+//   F::kPinnedBases      whether the epilogue may hold per-tile base
+//                        pointers in registers (arch::opaque) through its
+//                        chunks, or must keep its registers for the view
 // Rows past the tile's valid rows and columns past N are never written.
 //
 // A policy has two steps, both run by the epilogue's threads:
@@ -203,13 +206,27 @@ concept EpiloguePolicy = requires {
   { E::template smem_bytes<128, 256>() } -> std::convertible_to<int>;
 };
 
+// A tile's first row in one of an epilogue's buffers. Where the view has
+// registers to spare (F::kPinnedBases), pinned by arch::opaque: each
+// chunk's address is then one wide multiply-add of a 32-bit offset, where
+// the compiler would otherwise fold the base back into 64-bit arithmetic
+// from the buffer's start at every chunk (docs/NOTES.md).
+template <class F, class T>
+__device__ __forceinline__ T* tile_base(T* p) {
+  if constexpr (F::kPinnedBases)
+    return arch::opaque(p);
+  else
+    return p;
+}
+
 // A tile's deferred stores: D 16-byte values per thread, in registers (the
-// kernel indexes v by constants only), and where their tile lies.
+// kernel indexes v by constants only), and where their tile lies: base, its
+// first row in the policy's output (tile_base), its first column and rows.
 template <int D>
 struct Deferred {
   uint4 v[D];
-  int64_t m0, n0;
-  int rows;
+  bf16_t* base;
+  int n0, rows;
 };
 
 // D of a policy (0: it defers nothing).

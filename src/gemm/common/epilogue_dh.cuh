@@ -58,16 +58,24 @@ struct DHEpilogue {
     return arch::smem_addr(smem + ring_offset<kBM>()) +
            (f.thread() + ((k % kRing) * kVecs + v) * F::kThreads) * 16;
   }
-  // Chunk k's H: one cp.async group, empty past the last chunk.
+  template <class F>
+  __device__ static const bf16_t* h_tile(const Params& p, const Schedule& s, const Tile& t) {
+    return tile_base<F>(p.h + t.m0 * (kCols * s.N));  // epilogue.cuh
+  }
+  // Chunk k's H: one cp.async group, empty past the last chunk. Offsets
+  // from the tile's first row are 32-bit and unsigned (a tile's rows span
+  // less than 2^31 elements: n <= 2^20, api.cpp); 64-bit ones cost each
+  // chunk a wide multiply and its carries, in an epilogue bound by its
+  // issue rate.
   template <int kBM, int k, class F>
-  __device__ static void load_h(const Params& p, const Schedule& s, const Tile& t, const F& f,
+  __device__ static void load_h(const bf16_t* h, const Schedule& s, const Tile& t, const F& f,
                                 char* smem) {
     if constexpr (k < F::kChunks) {
       const int r = f.template chunk_row<k>();
-      const int64_t col = t.n0 + f.template chunk_col<k>();
-      const bool ok = r < t.rows && col < s.N;
-      const int64_t R = kCols * s.N;
-      const bf16_t* hr = p.h + (t.m0 + (ok ? r : 0)) * R;
+      const uint32_t N = static_cast<uint32_t>(s.N), R = static_cast<uint32_t>(kCols) * N;
+      const uint32_t col = static_cast<uint32_t>(t.n0) + f.template chunk_col<k>();
+      const bool ok = r < t.rows && col < N;
+      const uint32_t row = ok ? static_cast<uint32_t>(r) * R : 0u;
       if constexpr (is_gated(Act)) {
         // H columns 2 col .. 2 col + 15 in h's layout (h_stored_column):
         // in their block of G groups, pair b of groups a and a + 1 (A
@@ -75,15 +83,16 @@ struct DHEpilogue {
         // a = 0 or 2 (the first or second half of a 32-column block).
         // Piece b goes to bytes 8 b of the slot: word 2 b + u then holds A
         // column col + b + 4 u (apply undoes it).
-        const int64_t c = ok ? 2 * col : 0, block = c & ~int64_t{31};
-        const int64_t G = R - block >= 32 ? 4 : 2;
-        const bf16_t* hp = hr + block + (c - block) / 4;
+        const uint32_t c = ok ? 2 * col : 0u, block = c & ~31u;
+        const uint32_t G = R - block >= 32 ? 4 : 2;
+        const uint32_t piece = row + block + (c - block) / 4;
 #pragma unroll
         for (int b = 0; b < 4; ++b)
-          arch::cp_async_8(slot_addr<kBM>(smem, f, k, b >> 1) + 8 * (b & 1), hp + 2 * G * b,
-                           ok ? 8u : 0u);
+          arch::cp_async_8(slot_addr<kBM>(smem, f, k, b >> 1) + 8 * (b & 1),
+                           h + (piece + 2 * G * b), ok ? 8u : 0u);
       } else {
-        arch::cp_async_16(slot_addr<kBM>(smem, f, k, 0), hr + (ok ? col : 0), ok ? 16u : 0u);
+        arch::cp_async_16(slot_addr<kBM>(smem, f, k, 0), h + (row + (ok ? col : 0u)),
+                          ok ? 16u : 0u);
       }
     }
     arch::cp_async_commit();
@@ -98,15 +107,19 @@ struct DHEpilogue {
       const bool ok = r < t.rows && t.m0 + r < s.positions;  // clamped: corrupt metadata
       arch::cp_async_4(arch::smem_addr(score + r), p.scores + (ok ? t.m0 + r : 0), ok ? 4u : 0u);
     }
-    static_for<kAhead>([&](auto k) { load_h<kBM, decltype(k)::value>(p, s, t, f, smem); });
+    const bf16_t* h = h_tile<F>(p, s, t);
+    static_for<kAhead>([&](auto k) { load_h<kBM, decltype(k)::value>(h, s, t, f, smem); });
   }
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f,
                                char* smem) {
     static_assert(F::kColGroups <= kMaxColGroups);
-    const int64_t n = s.N;
-    const int64_t R = kCols * n;
+    const int n = static_cast<int>(s.N), R = static_cast<int>(kCols) * n;
+    // The tile's first rows; offsets from them in 32 bits (load_h).
+    bf16_t* const dh_tile = tile_base<F>(p.dh + t.m0 * (kCols * s.N));
+    bf16_t* const ap_tile = tile_base<F>(p.ap + t.m0 * s.N);
+    const bf16_t* const h = h_tile<F>(p, s, t);
     float* part = reinterpret_cast<float*>(smem);  // [kBM][kColGroups]
     const float* score = scores_smem<kBM, F>(smem);
     arch::cp_async_wait<kAhead - 1>();  // chunk 0's group, with this thread's scores
@@ -119,10 +132,9 @@ struct DHEpilogue {
       uint4 hv[kVecs];
 #pragma unroll
       for (int v = 0; v < kVecs; ++v) hv[v] = arch::lds_128(slot_addr<kBM>(smem, f, kk, v));
-      load_h<kBM, kk + kAhead>(p, s, t, f, smem);
-      const int64_t col = t.n0 + c;
+      load_h<kBM, kk + kAhead>(h, s, t, f, smem);
+      const int col = static_cast<int>(t.n0) + c;
       if (r >= t.rows || col >= n) return;  // n is a multiple of 8: whole chunks
-      const int64_t row = t.m0 + r;
       const float sc = score[r];
       float ap[8];
       if constexpr (is_gated(Act)) {
@@ -144,7 +156,7 @@ struct DHEpilogue {
           dw[i] = arch::pack_bf16x2(dg, du);
           ap[i] = sc * a;
         }
-        bf16_t* dp = p.dh + row * R + 2 * col;
+        bf16_t* dp = dh_tile + static_cast<uint32_t>(r * R + 2 * col);
         arch::stg_128(dp, uint4{dw[0], dw[1], dw[2], dw[3]});
         arch::stg_128(dp + 8, uint4{dw[4], dw[5], dw[6], dw[7]});
       } else {
@@ -160,9 +172,9 @@ struct DHEpilogue {
           ap[2 * i] = sc * a0;
           ap[2 * i + 1] = sc * a1;
         }
-        arch::stg_128(p.dh + row * R + col, pack8(dh));
+        arch::stg_128(dh_tile + static_cast<uint32_t>(r * R + col), pack8(dh));
       }
-      arch::stg_128(p.ap + row * n + col, pack8(ap));
+      arch::stg_128(ap_tile + static_cast<uint32_t>(r * n + col), pack8(ap));
     });
     arch::cp_async_wait<0>();  // the empty groups past the last chunk
 

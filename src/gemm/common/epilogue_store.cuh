@@ -24,20 +24,23 @@ struct StoreEpilogue : NoPrefetch {
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
-    bf16_t* out = p.out + t.expert * p.expert_stride;
+    // The tile's first row; offsets from it in 32 bits (a tile's rows span
+    // less than 2^31 elements: d, n <= 2^20, api.cpp).
+    bf16_t* out = tile_base<F>(p.out + t.expert * p.expert_stride + t.m0 * p.ld);
     const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
+    const int N = static_cast<int>(s.N), ld = static_cast<int>(p.ld);
     if (bias) {
       f.for_each_chunk8([&](auto, int, int r, int c, float(&v)[8]) {
-        const int64_t col = t.n0 + c;
-        if (r >= t.rows || col >= s.N) return;  // N is a multiple of 8: whole chunks
+        const int col = static_cast<int>(t.n0) + c;
+        if (r >= t.rows || col >= N) return;  // N is a multiple of 8: whole chunks
         add_bias8(v, bias + col);
-        arch::stg_128(out + (t.m0 + r) * p.ld + col, pack8(v));
+        arch::stg_128(out + static_cast<uint32_t>(r * ld + col), pack8(v));
       });
     } else {
       f.for_each_chunk8_bf16([&](auto, int, int r, int c, uint4 v) {
-        const int64_t col = t.n0 + c;
-        if (r >= t.rows || col >= s.N) return;
-        arch::stg_128(out + (t.m0 + r) * p.ld + col, v);
+        const int col = static_cast<int>(t.n0) + c;
+        if (r >= t.rows || col >= N) return;
+        arch::stg_128(out + static_cast<uint32_t>(r * ld + col), v);
       });
     }
   }

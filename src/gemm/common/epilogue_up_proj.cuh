@@ -44,16 +44,18 @@ struct UpProjEpilogue : NoPrefetch {
 
   template <int kBM, int kBN, class F>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*) {
-    run(p, s, t, f, [&](auto, int r, int64_t base, uint4 v) {
-      if (r < t.rows) store_h(p, s.N, t.m0 + r, base, v);
+    bf16_t* h = p.h ? tile_base<F>(p.h + t.m0 * s.N) : nullptr;  // the tile's first row
+    run(p, s, t, f, [&](auto, int r, int base, uint4 v) {
+      if (r < t.rows) store_h(h, static_cast<int>(s.N), r, base, v);
     });
   }
   template <int kBM, int kBN, class F, int D>
   __device__ static void apply(const Params& p, const Schedule& s, const Tile& t, F& f, char*,
                                Deferred<D>& d) {
     static_assert(D == F::kChunks);
-    d.m0 = t.m0, d.n0 = t.n0, d.rows = t.rows;
-    run(p, s, t, f, [&](auto k, int, int64_t, uint4 v) { d.v[decltype(k)::value] = v; });
+    d.base = p.h ? tile_base<F>(p.h + t.m0 * s.N) : nullptr;
+    d.n0 = static_cast<int>(t.n0), d.rows = t.rows;
+    run(p, s, t, f, [&](auto k, int, int, uint4 v) { d.v[decltype(k)::value] = v; });
   }
   // Deferred chunk i: chunk i's H row and columns of d's tile.
   template <int i, class F, int D>
@@ -61,23 +63,25 @@ struct UpProjEpilogue : NoPrefetch {
                                const Deferred<D>& d) {
     if (!p.h) return;
     const int r = f.template chunk_row<i>();
-    const int64_t base = d.n0 + f.template chunk_col<i>() - 8 * (threadIdx.x & 3);
-    if (r < d.rows) store_h(p, s.N, d.m0 + r, base, d.v[i]);
+    const int base = d.n0 + f.template chunk_col<i>() - 8 * (threadIdx.x & 3);
+    if (r < d.rows) store_h(d.base, static_cast<int>(s.N), r, base, d.v[i]);
   }
 
  private:
-  // The lane's H values of the 32-column block at base of row `row`: gated,
-  // its 4 pairs as the accumulator holds them (h's layout); otherwise the 8
-  // columns base + 8 q .. after the transpose.
-  __device__ static void store_h(const Params& p, int64_t R, int64_t row, int64_t base, uint4 v) {
+  // The lane's H values of the 32-column block at base of tile row r (h:
+  // the tile's first row): gated, its 4 pairs as the accumulator holds them
+  // (h's layout); otherwise the 8 columns base + 8 q .. after the transpose.
+  // Offsets are unsigned: one wide multiply-add from h.
+  __device__ static void store_h(bf16_t* h, int R, int r, int base, uint4 v) {
     const int q = threadIdx.x & 3;
     if constexpr (is_gated(Act)) {
       // A block before R & ~31 is whole; the short last block (16 columns)
       // takes pairs 0 and 1, 8 bytes.
-      const bool full = base < (R & ~int64_t{31});
-      arch::stg_128_or_64(p.h + row * R + base + (full ? 8 : 4) * q, v, full, base < R);
+      const bool full = base < (R & ~31);
+      arch::stg_128_or_64(h + static_cast<uint32_t>(r * R + base + (full ? 8 : 4) * q), v, full,
+                          base < R);
     } else {
-      if (base + 8 * q < R) arch::stg_128(p.h + row * R + base + 8 * q, v);
+      if (base + 8 * q < R) arch::stg_128(h + static_cast<uint32_t>(r * R + base + 8 * q), v);
     }
   }
 
@@ -86,16 +90,17 @@ struct UpProjEpilogue : NoPrefetch {
   template <class F, class StoreH>
   __device__ static void run(const Params& p, const Schedule& s, const Tile& t, F& f,
                              StoreH&& store) {
-    const int64_t R = s.N;
-    const bf16_t* bias = p.bias ? p.bias + t.expert * R : nullptr;
+    const int R = static_cast<int>(s.N), n = static_cast<int>(p.n);
+    const bf16_t* bias = p.bias ? p.bias + t.expert * s.N : nullptr;
+    bf16_t* a = tile_base<F>(p.a + t.m0 * p.n);  // the tile's first row; 32-bit offsets
     const int q = threadIdx.x & 3;
     // base: the chunk's first column; the lane's pair j is at base + 8 j +
     // 2 q. R is a multiple of 8 (whole groups), of 16 when gated (R = 2n,
     // whole A vectors).
     auto base_of = [&](auto k0) {
-      return t.n0 + f.template chunk_col<decltype(k0)::value>() - 8 * q;
+      return static_cast<int>(t.n0) + f.template chunk_col<decltype(k0)::value>() - 8 * q;
     };
-    auto add_bias = [&](int64_t base, float2(&lo)[4], float2(&hi)[4]) {
+    auto add_bias = [&](int base, float2(&lo)[4], float2(&hi)[4]) {
       if (!bias) return;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -106,7 +111,7 @@ struct UpProjEpilogue : NoPrefetch {
       }
     };
     f.for_each_chunk_pair([&](auto k0, auto k1, float2(&lo)[4], float2(&hi)[4]) {
-      const int64_t base = base_of(k0);
+      const int base = base_of(k0);
       add_bias(base, lo, hi);
       const int r0 = f.template chunk_row<decltype(k0)::value>();
       const int r1 = f.template chunk_row<decltype(k1)::value>();
@@ -135,9 +140,9 @@ struct UpProjEpilogue : NoPrefetch {
                                            act::gated<Act>(hi[3].x, hi[3].y))};
         const uint4 v = quad_transpose_words(w);
         const int r = q < 2 ? r0 : r1;
-        const int64_t col = base / 2 + 8 * (q & 1);
-        if (r < t.rows && col < p.n)
-          arch::stg_128(p.a + (t.m0 + r) * p.n + col,
+        const int col = base / 2 + 8 * (q & 1);
+        if (r < t.rows && col < n)
+          arch::stg_128(a + static_cast<uint32_t>(r * n + col),
                         uint4{__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.z, v.w, 0x5410),
                               __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x7632)});
       } else {
@@ -149,8 +154,9 @@ struct UpProjEpilogue : NoPrefetch {
         }
         const uint4 v0 = quad_transpose_bf16(a0), v1 = quad_transpose_bf16(a1);
         const bool col_ok = base + 8 * q < R;
-        if (col_ok && r0 < t.rows) arch::stg_128(p.a + (t.m0 + r0) * p.n + base + 8 * q, v0);
-        if (col_ok && r1 < t.rows) arch::stg_128(p.a + (t.m0 + r1) * p.n + base + 8 * q, v1);
+        const uint32_t col = static_cast<uint32_t>(base + 8 * q);
+        if (col_ok && r0 < t.rows) arch::stg_128(a + (static_cast<uint32_t>(r0 * n) + col), v0);
+        if (col_ok && r1 < t.rows) arch::stg_128(a + (static_cast<uint32_t>(r1 * n) + col), v1);
       }
     });
   }

@@ -242,6 +242,9 @@ struct FragView : ChunkWalks<FragView<kBM, kBN>> {
   static constexpr int kNT = Warps::kNT;  // n8 tiles per warp
   static constexpr int kSlots = 8, kColGroups = Warps::kWarpsN, kThreads = sm80::kThreads;
   static constexpr int kRows = kBM;
+  // 128 x 128 tiles run two CTAs per SM at 128 registers a thread: tile
+  // bases pinned in registers spilled the GeGLU dH kernel.
+  static constexpr bool kPinnedBases = false;
   __device__ int first_row() const { return 0; }
 
   __device__ int slot_row(int slot) const {

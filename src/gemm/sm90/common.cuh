@@ -32,6 +32,19 @@ __device__ __forceinline__ int order_barrier(int wg) {
   static_assert(kOrderBarrier1 == kOrderBarrier0 + 1);
   return kOrderBarrier0 + wg;
 }
+// The tile ring (grouped-M kernels): the producer looks each tile up and
+// publishes it in shared memory, kTileRing slots deep, so that the
+// consumers read a tile's position from there instead of repeating the
+// lookup's dependent global loads at the start of every tile while the
+// tensor cores wait (700-1400 cycles a tile in the tile trace, H200).
+// Slot k % kTileRing holds the CTA's k-th tile; tile_full[slot] completes
+// on the producer's thread 0 arrive (1 arrival, after its store); the
+// phase of tile k is (k / kTileRing) & 1. No barrier gives a slot back:
+// the stages keep the producer close enough behind the consumers (Kernel's
+// static_assert). Grouped-K kernels keep their own lookup: their cheaper
+// one (two loads) did not pay for a ring (docs/NOTES.md).
+inline constexpr int kTileRing = 16;
+
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
 // role's code. Grouped-K producers publish row addresses and copy with them
 // (96); grouped-M consumers run the heavy epilogues (dH with GeGLU is the

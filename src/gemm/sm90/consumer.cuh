@@ -24,6 +24,7 @@ template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
   static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 128, kRows = 64 * kSub;
+  static constexpr bool kPinnedBases = true;  // 240 registers per consumer thread
 
   __device__ int wg() const { return (threadIdx.x - 128) >> 7; }
   __device__ int first_row() const { return kOwnTile ? 0 : wg() * kRows; }
@@ -143,6 +144,20 @@ struct Consumer {
     });
   }
 
+  // The CTA's k-th tile (id): grouped-M, a reference to its tile ring slot
+  // once published, whose fields are read when needed (a shared load)
+  // rather than held in registers through the mainloop; grouped-K, looked
+  // up here.
+  __device__ static decltype(auto) tile(const Sched& sched, const Smem& sm, int k, int id) {
+    if constexpr (K::kTileRingOn) {
+      const int slot = k % kTileRing;
+      hw::mbar_wait(sm.tile_full + slot, (k / kTileRing) & 1);
+      return static_cast<const Tile&>(sm.tiles[slot]);
+    } else {
+      return sched.at(id);
+    }
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
@@ -157,16 +172,19 @@ struct Consumer {
     bool pending = false;
     int it = 0;
     for (int k = 0, id = tile_of<kCluster>(0); id < total; id = tile_of<kCluster>(++k)) {
-      trace::Stamps stamps;  // before the lookup: "first" includes it
-      const Tile t = sched.at(id);
+      trace::Stamps stamps;  // before the lookup or the ring: "first" includes it
+      decltype(auto) t = tile(sched, sm, k, id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
         it += ktiles;
         continue;
       }
       // Consumers issue no cp.async of their own in the mainloop: the
-      // epilogue's prefetch groups are the only ones they wait for.
-      Epi::template prefetch<kTileM>(ep, g.schedule, t, frag, epi);
+      // epilogue's prefetch groups are the only ones they wait for. It gets
+      // a copy of the tile, alive for the call only: through the slot,
+      // each of its copies (asm with a memory clobber) made it reload the
+      // fields, while the tensor cores wait for the first stage's MMAs.
+      Epi::template prefetch<kTileM>(ep, g.schedule, Tile(t), frag, epi);
       if (kPingPong && k > 0) hw::named_sync(order_barrier(wg), 256);
 #pragma unroll
       for (int i = 0; i < kSub; ++i)
@@ -226,10 +244,14 @@ struct Consumer {
       // Tile k + 1's mainloop may start (if there is one: every arrive is
       // matched by the other warpgroup's wait).
       if (kPingPong && tile_of<kCluster>(k + 1) < total) hw::named_arrive(order_barrier(1 - wg), 256);
+      // The epilogue reads the tile's fields at every chunk: from registers
+      // loaded once, not from the ring slot, which its own shared-memory
+      // stores would make it reload (a copy of a value costs nothing).
+      const Tile te = t;
       if constexpr (kDeferred > 0)
-        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi, pend);
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi, pend);
       else
-        Epi::template apply<kTileM, kBN>(ep, g.schedule, t, frag, epi);
+        Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi);
       stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
     }
     // The last tile's deferred stores: no stage left to hide them under.

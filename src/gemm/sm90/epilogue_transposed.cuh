@@ -45,7 +45,11 @@ struct TransposedStoreEpilogue : NoPrefetch {
     static_assert(F::kRows == 64 && kBN % kRoundCols == 0, "one m64 sub-tile per warpgroup");
     const uint32_t buf = arch::smem_addr(smem);
     const int lane = f.thread() & 31, warp = f.thread() >> 5;
-    bf16_t* out = p.out + t.expert * p.expert_stride;
+    // The tile's corner, offsets from it in 32 bits (a tile spans 256
+    // columns of ld <= 2^20 elements: api.cpp).
+    bf16_t* out = tile_base<F>(p.out + t.expert * p.expert_stride + t.n0 * p.ld + t.m0);
+    const int ld = static_cast<int>(p.ld);
+    const int cols = static_cast<int>(min(s.N - t.n0, int64_t{kBN}));
     static_for<kBN / kRoundCols>([&](auto round) {
       constexpr int r = decltype(round)::value;
       if (r > 0) f.sync();  // the previous round's pieces are read
@@ -69,9 +73,10 @@ struct TransposedStoreEpilogue : NoPrefetch {
       for (int i = 0; i < kRoundCols * 8 / F::kThreads; ++i) {
         const int k = f.thread() + i * F::kThreads, c = k >> 3, q = k & 7;
         const uint4 v = arch::lds_128(buf + piece(c, q));
-        const int64_t col = t.n0 + r * kRoundCols + c;
+        const int col = r * kRoundCols + c;      // of the tile
         const int row = f.first_row() + 8 * q;  // M is a multiple of 8: whole pieces
-        if (col < s.N && row < t.rows) arch::stg_128(out + col * p.ld + t.m0 + row, v);
+        if (col < cols && row < t.rows)
+          arch::stg_128(out + static_cast<uint32_t>(col * ld + row), v);
       }
     });
   }

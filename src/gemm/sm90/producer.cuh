@@ -169,6 +169,16 @@ struct Producer {
     }
   }
 
+  // Tile k of this CTA into the tile ring (thread 0; grouped-M only). It
+  // does not wait for the slot (Kernel's static_assert says why): in the
+  // copy producers' 40-56 registers such a wait's loop spilled 12-100 bytes.
+  __device__ static void publish(const Smem& sm, int k, const Tile& t) {
+    if (threadIdx.x != 0) return;
+    const int slot = k % kTileRing;
+    sm.tiles[slot] = t;
+    hw::mbar_arrive(sm.tile_full + slot);  // release: the store above first
+  }
+
   __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
                                    const CUtensorMap* map_b, const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
@@ -182,6 +192,7 @@ struct Producer {
       const Tile t = sched.at(id);
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       trace::Stamps stamps;
+      publish(sm, k, t);
       const bf16_t* a_rows[8];
       if constexpr (SA == Src::Copy) row_pointers(g, t, idx, a_rows);
       // The next tile's indices land while this tile's stages are issued.
