@@ -41,8 +41,12 @@ def test_fully_shard_bf16_mixed_precision_equals_bf16_module(gloo_group):
     ref = MoE(8, 2, 32, 16, "swiglu", add_bias=True, std=0.05)
     ref.load_state_dict(m.state_dict())
     ref = ref.bfloat16()
-    fully_shard(m, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
-                                                  reduce_dtype=torch.float32))
+    # A CPU mesh: on a machine with a GPU, FSDP2's default mesh would move
+    # the parameters there.
+    from torch.distributed.device_mesh import init_device_mesh
+    fully_shard(m, mesh=init_device_mesh("cpu", (1,)),
+                mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                               reduce_dtype=torch.float32))
     x = torch.randn(2, 12, 32).bfloat16()
 
     with warnings.catch_warnings():
