@@ -52,6 +52,26 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
       : "memory");
 }
 
+// One look at phase `parity` of bar, no waiting, then a 32-bit shared store
+// of v to addr if the phase has completed (a look that succeeds has the
+// acquire semantics of a wait). For a phase that has completed by
+// construction: the look orders other threads' reads before the store where
+// racecheck sees it. The answer must reach ptxas as used: a look whose
+// predicate is dropped compiles to a PHASECHK into PT, which racecheck does
+// not take as ordering anything; and a C++ branch on it, even a trap,
+// spilled the copy producers (docs/NOTES.md).
+__device__ __forceinline__ void st_u32_if_phase_done(uint64_t* bar, uint32_t parity, uint32_t addr,
+                                                     uint32_t v) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "mbarrier.test_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@p st.shared.u32 [%2], %3;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity), "r"(addr), "r"(v)
+      : "memory");
+}
+
 // ------------------------------------------------------------------- TMA --
 __device__ __forceinline__ void prefetch_tensormap(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

@@ -39,11 +39,17 @@ __device__ __forceinline__ int order_barrier(int wg) {
 // tensor cores wait (700-1400 cycles a tile in the tile trace, H200).
 // Slot k % kTileRing holds the CTA's k-th tile; tile_full[slot] completes
 // on the producer's thread 0 arrive (1 arrival, after its store); the
-// phase of tile k is (k / kTileRing) & 1. No barrier gives a slot back:
-// the stages keep the producer close enough behind the consumers (Kernel's
-// static_assert). Grouped-K kernels keep their own lookup: their cheaper
-// one (two loads) did not pay for a ring (docs/NOTES.md).
+// phase of tile k is (k / kTileRing) & 1. The stages keep the producer
+// close enough behind the consumers that a slot is always free again when
+// it comes round (Kernel's static_assert), yet each consumer thread gives
+// it back on tile_empty[slot] after its last read (kSlotReaders arrivals)
+// and the producer looks at that phase once before its store: a look that
+// always finds it complete, but that orders every reader's loads before
+// the store where racecheck can see it (docs/NOTES.md). Grouped-K kernels
+// keep their own lookup: their cheaper one (two loads) did not pay for a
+// ring.
 inline constexpr int kTileRing = 16;
+inline constexpr int kSlotReaders = 256;  // both consumer warpgroups read every tile
 
 // Registers per thread of each role (setmaxnreg): ptxas's cap for each
 // role's code. Grouped-K producers publish row addresses and copy with them

@@ -158,6 +158,11 @@ struct Consumer {
     }
   }
 
+  // This thread's last read of tile k's ring slot is behind it.
+  __device__ static void give_back(const Smem& sm, int k) {
+    if constexpr (K::kTileRingOn) hw::mbar_arrive(sm.tile_empty + k % kTileRing);
+  }
+
   __device__ static void consume(const GemmArgs& g, const typename Epi::Params& ep,
                                  const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
@@ -177,6 +182,7 @@ struct Consumer {
       const int ktiles = static_cast<int>((t.k_len + kBK - 1) / kBK);
       if (kPingPong && (k & 1) != wg) {  // the other warpgroup's tile
         it += ktiles;
+        give_back(sm, k);
         continue;
       }
       // Consumers issue no cp.async of their own in the mainloop: the
@@ -248,11 +254,12 @@ struct Consumer {
       // loaded once, not from the ring slot, which its own shared-memory
       // stores would make it reload (a copy of a value costs nothing).
       const Tile te = t;
+      give_back(sm, k);
       if constexpr (kDeferred > 0)
         Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi, pend);
       else
         Epi::template apply<kTileM, kBN>(ep, g.schedule, te, frag, epi);
-      stamps.done(wg_leader, 1 + wg, k, id, t, ktiles);
+      stamps.done(wg_leader, 1 + wg, k, id, te, ktiles);
     }
     // The last tile's deferred stores: no stage left to hide them under.
     if constexpr (kDeferred > 0)

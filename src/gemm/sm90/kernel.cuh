@@ -22,8 +22,9 @@
 //   of each consumer WG arrives on empty[s], which expects 2 arrivals.
 // - The tile ring (common.cuh; grouped-M kernels): thread 0 of the
 //   producer publishes each tile's position (its Tile) before issuing the
-//   tile's stages; the consumers read it from there. Grouped-K consumers
-//   look their tiles up themselves.
+//   tile's stages; the consumers read it from there, and every consumer
+//   thread gives the slot back (tile_empty) after its last read. Grouped-K
+//   consumers look their tiles up themselves.
 // - Stage index and phase run on across tiles: producer and consumers walk
 //   the same persistent tile list, so the producer fills the next tile's
 //   stages while the consumers run the epilogue.
@@ -137,21 +138,21 @@ struct Kernel {
   static constexpr bool kAnyCopy = SA == Src::Copy || SB == Src::Copy;
   static constexpr uint32_t kTmaBytes =
       (SA == Src::Tma ? kABytes : 0) + (SB == Src::Tma ? kBBytes : 0);
-  // The tile ring (common.cuh), grouped-M only. The producer publishes
-  // tile k without waiting for its slot: it has issued tile k - 1's last
+  // The tile ring (common.cuh), grouped-M only. The producer's look at
+  // tile k's slot always finds it free: it has issued tile k - 1's last
   // stage, so the consumers have released the stage kStages before that
   // one, which lies at worst in tile k - kStages - 1 (every grouped-M tile
   // has a stage or more: K > 0). Cooperative consumers may still run that
   // tile's epilogue; in ping-pong the other warpgroup may still run that of
   // tile k - kStages - 2, but not of an earlier one (its mainloops run in
-  // tile order). Older slots are free.
+  // tile order). Older slots, tile k - kTileRing's among them, are free.
   static constexpr bool kTileRingOn = G == Grouping::M;
   static_assert(!kTileRingOn || kTileRing >= kStages + 3, "tile ring shallower than the stages");
   // One region per consumer warpgroup (FragView: 128 threads each).
   static constexpr int kEpiBytes = Epi::template smem_bytes<kTileM, 128>() * 2;
   static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes +
                                     2 * kStages * 8 /* barriers */ +
-                                    (kTileRingOn ? kTileRing * (8 + sizeof(Tile)) : 0) +
+                                    (kTileRingOn ? kTileRing * (16 + sizeof(Tile)) : 0) +
                                     // grouped-K row addresses: 2 x 2 x 256 x 8
                                     (G == Grouping::K ? 8192 : 0);
   static_assert(kStageBytes % 1024 == 0, "swizzled tiles must stay 1024-byte aligned");
@@ -164,8 +165,9 @@ struct Kernel {
     uint64_t* full;
     uint64_t* empty;
     uint64_t* rows;  // grouped-K: [buffer][operand][kChunkRows] published row addresses
-    uint64_t* tile_full;  // [kTileRing] (kTileRingOn)
-    Tile* tiles;          // [kTileRing] (kTileRingOn)
+    uint64_t* tile_full;   // [kTileRing] (kTileRingOn)
+    uint64_t* tile_empty;  // [kTileRing] (kTileRingOn)
+    Tile* tiles;           // [kTileRing] (kTileRingOn)
   };
 
   __device__ static Smem carve(char* raw) {
@@ -181,7 +183,8 @@ struct Kernel {
     s.empty = s.full + kStages;
     s.rows = s.empty + kStages;
     s.tile_full = s.rows + (G == Grouping::K ? 1024 : 0);
-    s.tiles = reinterpret_cast<Tile*>(s.tile_full + kTileRing);
+    s.tile_empty = s.tile_full + kTileRing;
+    s.tiles = reinterpret_cast<Tile*>(s.tile_empty + kTileRing);
     return s;
   }
 };
@@ -200,7 +203,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       hw::mbar_init(sm.empty + s, K::kConsumersPerStage * K::kClusterSize);
     }
     if constexpr (K::kTileRingOn)
-      for (int r = 0; r < kTileRing; ++r) hw::mbar_init(sm.tile_full + r, 1);
+      for (int r = 0; r < kTileRing; ++r) {
+        hw::mbar_init(sm.tile_full + r, 1);
+        hw::mbar_init(sm.tile_empty + r, kSlotReaders);
+      }
     hw::fence_barrier_init();
     if (K::kTmaA) hw::prefetch_tensormap(&map_a);
     if (K::kTmaB) hw::prefetch_tensormap(&map_b);

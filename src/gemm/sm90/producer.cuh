@@ -171,11 +171,26 @@ struct Producer {
 
   // Tile k of this CTA into the tile ring (thread 0; grouped-M only). It
   // does not wait for the slot (Kernel's static_assert says why): in the
-  // copy producers' 40-56 registers such a wait's loop spilled 12-100 bytes.
+  // copy producers' 40-56 registers a wait's loop spilled 12-100 bytes.
   __device__ static void publish(const Smem& sm, int k, const Tile& t) {
     if (threadIdx.x != 0) return;
     const int slot = k % kTileRing;
-    sm.tiles[slot] = t;
+    // The slot's previous tile is done with by every consumer thread: the
+    // stages ensure it (Kernel's static_assert), so one look at tile_empty,
+    // never a wait loop (whose code spilled the copy producers). The look
+    // is what orders the readers' loads before the stores below in the
+    // memory model; it guards the first field's store so that its answer
+    // is used (hw::st_u32_if_phase_done). Parity (k / kTileRing - 1) & 1,
+    // written + 1: a fresh barrier passes it for the first kTileRing tiles.
+    Tile* d = sm.tiles + slot;
+    hw::st_u32_if_phase_done(sm.tile_empty + slot, ((k / kTileRing) + 1) & 1,
+                             arch::smem_addr(&d->expert), static_cast<uint32_t>(t.expert));
+    d->m0 = t.m0;
+    d->rows = t.rows;
+    d->n0 = t.n0;
+    d->k_first = t.k_first;
+    d->k_len = t.k_len;
+    d->solo = t.solo;
     hw::mbar_arrive(sm.tile_full + slot);  // release: the store above first
   }
 
