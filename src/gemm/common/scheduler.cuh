@@ -22,6 +22,8 @@ namespace sonicmoe::gemm {
 
 enum class Grouping { M, K };
 
+// The Hopper producer publishes a Tile field by field (sm90/producer.cuh,
+// publish): a new field needs its store there.
 struct Tile {
   int expert;
   int64_t m0;       // first row: a position (Grouping::M) or an M index (Grouping::K)

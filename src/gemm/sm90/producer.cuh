@@ -182,6 +182,9 @@ struct Producer {
     // memory model; it guards the first field's store so that its answer
     // is used (hw::st_u32_if_phase_done). Parity (k / kTileRing - 1) & 1,
     // written + 1: a fresh barrier passes it for the first kTileRing tiles.
+    // Field by field after the guarded one: a new Tile field needs its
+    // store here (the assert trips on most additions).
+    static_assert(sizeof(Tile) == 56, "publish() stores every field of Tile");
     Tile* d = sm.tiles + slot;
     hw::st_u32_if_phase_done(sm.tile_empty + slot, ((k / kTileRing) + 1) & 1,
                              arch::smem_addr(&d->expert), static_cast<uint32_t>(t.expert));
