@@ -9,9 +9,12 @@
 //   and arrive on full[s] through cp.async.mbarrier.arrive.noinc, which
 //   fires when their copies have landed. full[s] expects 128 arrivals (plus
 //   the TMA bytes) when the tile has cp.async operands, else 1 (thread 0's
-//   arrive.expect_tx). Grouped-K copies take their rows' addresses from
-//   shared memory, published 4 stages at a time one chunk ahead, each warp
-//   the rows it copies, behind a __syncwarp (produce_k).
+//   arrive.expect_tx). With no cp.async operand warps 1-3 leave at once:
+//   only a wait that a barrier also counts keeps a warp within a phase,
+//   and a parity wait cannot tell phase p from p + 2. Grouped-K copies
+//   take their rows' addresses from shared memory, published 4 stages at a
+//   time one chunk ahead, each warp the rows it copies, behind a
+//   __syncwarp (produce_k).
 // - WG1 and WG2, the consumers (setmaxnreg up to kConsumerRegs), split the
 //   kTileM-row tile: WG w owns rows w kTileM/2 .. as kSub = kTileM/128 m64
 //   sub-tiles, and all kBN columns. For every

@@ -199,6 +199,16 @@ struct Producer {
 
   __device__ static void produce_m(const GemmArgs& g, const CUtensorMap* map_a,
                                    const CUtensorMap* map_b, const Smem& sm) {
+    // With both operands by TMA (down_proj, dX~) thread 0 does all the
+    // loading, and warps 1-3 would only walk the stages' empty waits. Nothing
+    // holds them in step: no stage waits for them, so a warp that slept
+    // through two phases of an empty[s] waited on an aliased parity for ever
+    // once the consumers were done (a hang in 1-2 of 4 heated bench runs on
+    // an H100, warp 1 of one CTA: docs/NOTES.md). Copy producers are held in
+    // step by full[s], which counts every thread's arrival. Whole warps
+    // leave, so the cluster barrier's aligned arrival stays warp-uniform.
+    if constexpr (!kAnyCopy)
+      if (threadIdx.x >= 32) return;
     const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
     int k = 0, id = tile_of<kCluster>(0);
