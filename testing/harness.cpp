@@ -76,7 +76,7 @@ void set_pairs(Case& c, std::vector<int32_t> token, std::vector<int32_t> expert,
 }
 
 LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, ForwardMode mode,
-                      GradSet grads) {
+                      GradSet grads, int repeats) {
   const NaiveLayer& L = c.layer;
   const int64_t T = L.T, d = L.d, n = L.n, E = L.E, R = L.R(), N = L.N();
   const int64_t K = c.spec.K;
@@ -128,7 +128,7 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   fa.out = out.t;
   fa.h = h.t;
   fa.workspace = Workspace{fws.get(), fws.bytes()};
-  moe_forward(fa);
+  for (int i = 0; i < repeats; ++i) moe_forward(fa);
 
   LibResult r;
   r.act = L.act;
@@ -170,7 +170,7 @@ LibResult run_library(const Case& c, Device dev, bool backward, bool use_topk, F
   ba.db2 = db2.t;
   ba.dscores = dsc.t;
   ba.workspace = Workspace{bws.get(), bws.bytes()};
-  moe_backward(ba);
+  for (int i = 0; i < repeats; ++i) moe_backward(ba);
   if (dx.buf) r.dx = to_doubles(dx);
   if (dw1.buf) r.dw1 = to_doubles(dw1);
   if (dw2.buf) r.dw2 = to_doubles(dw2);

@@ -67,9 +67,12 @@ struct GradSet {
 
 // Runs routing_from_pairs (or routing_from_topk when the case is top-K with
 // K pairs per token and `use_topk` is set), moe_forward and, if `backward`,
-// moe_backward on `device`. Throws sonicmoe::Error on failure.
+// moe_backward on `device`, each of the two `repeats` times in a row on the
+// same tensors (the results are those of the last call). Throws
+// sonicmoe::Error on failure.
 LibResult run_library(const Case& c, Device device, bool backward, bool use_topk = true,
-                      ForwardMode mode = ForwardMode::Training, GradSet grads = {});
+                      ForwardMode mode = ForwardMode::Training, GradSet grads = {},
+                      int repeats = 1);
 
 struct ErrorStats {
   double max_abs = 0;     // max |lib - ref|

@@ -298,6 +298,31 @@ TEST(GpuLayer, OneStageTilesManyPerCta) {
   check_case(c);
 }
 
+// A thousand layer calls in a row, on products of few stages per tile
+// (down_proj reduces over n = 256, dX~ over 2n = 512) and 15-30 tiles per
+// CTA. The Hopper producer's warps 1-3 once walked the stage waits of
+// down_proj and dX~ (both operands by TMA) with nothing holding them in
+// step; one that slept through two phases of a stage's barrier waited for
+// ever (docs/NOTES.md). Such a hang is a matter of chance: this test fails
+// by running into its time limit (CTest's, tests/CMakeLists.txt). On the
+// code before the fix it hung in 4 of 4 ping-pong runs on an H100; fixed,
+// it takes 4 s there. Its results must also be those of one call, bit for
+// bit.
+TEST(GpuLayer, ThousandCallsInARow) {
+  SKIP_WITHOUT_GPU();
+  CaseSpec s;
+  s.T = 16384, s.d = 1024, s.n = 256, s.E = 16, s.K = 4;
+  const Case c = make_case(s);
+  const LibResult once = run_library(c, kGpu, true);
+  const LibResult many = run_library(c, kGpu, true, true, ForwardMode::Training, {}, 1000);
+  EXPECT_EQ(once.out, many.out);
+  EXPECT_EQ(once.h, many.h);
+  EXPECT_EQ(once.dx, many.dx);
+  EXPECT_EQ(once.dw1, many.dw1);
+  EXPECT_EQ(once.dw2, many.dw2);
+  EXPECT_EQ(once.dscores, many.dscores);
+}
+
 TEST(GpuLayer, InferenceModeMatchesTrainingOutput) {
   SKIP_WITHOUT_GPU();
   CaseSpec s;
