@@ -29,13 +29,22 @@ done
 out=${OUT:-/tmp}
 log=$out/${ABN_LOG:-abn.txt}
 work=$(mktemp -d)
+child=
+# timeout(1) passes the TERM on to the bench it runs.
+trap '[ -n "$child" ] && kill "$child" 2> /dev/null; exit 143' TERM INT
 export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
 for b in "${bins[@]}"; do [ -f "$b.gz" ] && [ ! -f "$b" ] && gunzip "$b.gz"; done
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
 for i in $(seq 1 "$rounds"); do
   for j in "${!bins[@]}"; do
     start=$(date +%s)
-    timeout 300 "${bins[$j]}" "$@" > /dev/null 2> "$work/run.err"
+    # In the background and waited for, so that the trap above runs when a
+    # caller's timeout stops this script: a bench run in the foreground
+    # outlived it and shared the GPU with the caller's next step, whose
+    # layer timings then read 3x slow (docs/NOTES.md).
+    timeout 300 "${bins[$j]}" "$@" > /dev/null 2> "$work/run.err" &
+    child=$!
+    wait $child
     echo "${labels[$j]} round $i: rc=$? $(( $(date +%s) - start ))s" | tee -a "$log"
     # Table rows: a config name, then either a kernel name or numbers.
     # Logged run by run, so that a call cut short keeps the rounds it ran.
