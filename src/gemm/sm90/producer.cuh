@@ -175,9 +175,8 @@ struct Producer {
   __device__ static void publish(const Smem& sm, int k, const Tile& t) {
     if (threadIdx.x != 0) return;
     const int slot = k % kTileRing;
-    // The slot's previous tile is done with by every consumer thread: the
-    // stages ensure it (Kernel's static_assert), so one look at tile_empty,
-    // never a wait loop (whose code spilled the copy producers). The look
+    // The slot's previous tile is done with by every consumer thread (the
+    // stages ensure it), so one look at tile_empty suffices. The look
     // is what orders the readers' loads before the stores below in the
     // memory model; it guards the first field's store so that its answer
     // is used (hw::st_u32_if_phase_done). Parity (k / kTileRing - 1) & 1,
