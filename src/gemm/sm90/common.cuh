@@ -25,6 +25,14 @@ enum NamedBarrier : int {
   kOrderBarrier0 = 4,
   kOrderBarrier1 = 5,
 };
+// This consumer thread's warpgroup (0 or 1), read from lane 0: the same
+// value as (threadIdx.x - 128) >> 7, but now the compiler knows it is
+// warp-uniform, so a branch on it keeps the code after it on the uniform
+// datapath, without WARPSYNC / ENDCOLLECTIVE around every shuffle
+// (docs/NOTES.md, "A branch on a threadIdx-derived value").
+__device__ __forceinline__ int consumer_wg() {
+  return __shfl_sync(0xffffffffu, (static_cast<int>(threadIdx.x) - 128) >> 7, 0);
+}
 __device__ __forceinline__ int epilogue_barrier(int wg) {
   return wg == 0 ? kEpilogueBarrier0 : kEpilogueBarrier1;
 }

@@ -23,10 +23,13 @@ namespace sonicmoe::gemm::sm90 {
 template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
+  // consumer_wg(), read once: a shuffle per call would sit inside the
+  // epilogues' row loops, whose exits diverge.
+  int wg_;
   static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 128, kRows = 64 * kSub;
   static constexpr bool kPinnedBases = true;  // 240 registers per consumer thread
 
-  __device__ int wg() const { return (threadIdx.x - 128) >> 7; }
+  __device__ int wg() const { return wg_; }
   __device__ int first_row() const { return kOwnTile ? 0 : wg() * kRows; }
   __device__ int row0(int sub) const {
     return first_row() + sub * 64 + ((threadIdx.x >> 5) & 3) * 16 + ((threadIdx.x & 31) >> 2);
@@ -167,10 +170,13 @@ struct Consumer {
                                  const Smem& sm) {
     const Sched sched = scheduler(g.schedule);
     const int total = sched.total();
-    const int wg = (threadIdx.x - 128) >> 7;
+    // Cooperative: through the lane-0 shuffle (layer backward 1-2% faster,
+    // H200). Ping-pong keeps the plain form: with the shuffle its store
+    // kernels lost 4-25% at 30b-n1024 and 120b-n2048 (docs/NOTES.md).
+    const int wg = kPingPong ? (static_cast<int>(threadIdx.x) - 128) >> 7 : consumer_wg();
     const bool wg_leader = (threadIdx.x & 127) == 0;
     float acc[kSub][kBN / 2];
-    Frag frag{{}, acc};
+    Frag frag{{}, acc, wg};
     char* const epi = sm.epi + wg * (kEpiBytes / 2);
     // The previous tile's deferred stores, if pending.
     Deferred<kDeferred == 0 ? 1 : kDeferred> pend;
