@@ -23,8 +23,9 @@ namespace sonicmoe::gemm::sm90 {
 template <int kBN, int kSub, bool kOwnTile = false>
 struct FragView : ChunkWalks<FragView<kBN, kSub, kOwnTile>> {
   float (&acc)[kSub][kBN / 2];  // kSub m64 sub-tiles of the warpgroup's rows
-  // consumer_wg(), read once: a shuffle per call would sit inside the
-  // epilogues' row loops, whose exits diverge.
+  // The warpgroup, as the consumer read it once (consumer_wg() when
+  // cooperative): a shuffle per wg() call would sit inside the epilogues'
+  // row loops, whose exits diverge.
   int wg_;
   static constexpr int kSlots = 2 * kSub, kColGroups = 1, kThreads = 128, kRows = 64 * kSub;
   static constexpr bool kPinnedBases = true;  // 240 registers per consumer thread
