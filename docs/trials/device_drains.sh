@@ -7,12 +7,17 @@
 # and tests-V (that build's sonicmoe_tests). Prints each test binary's GPU
 # summary on the Hopper engine, each trace build's tile trace of up_proj
 # (7b-n256, 120b-n2048), then a same-call A/B of the benches (up_proj and
-# the forward sequence). Eight gzipped binaries pass the 64 MiB carry limit:
-# split traces and benches over two calls. Run from the repository root:
+# the forward sequence). Eight gzipped binaries pass the 64 MiB carry limit
+# (split them over two calls); xz-compressed, nine fit one call. Run from the repository root:
 # bash docs/trials/device_drains.sh
 set -u
 out=${OUT:-/tmp}; log=$out/deferred-a.txt
-(cd .dev && for f in *.gz; do gunzip -f "$f"; done; chmod +x ./*)
+# Binaries may come gzipped or xz-compressed (xz -6 halves gzip -1, so all
+# nine fit one 64 MiB carry).
+(cd .dev && for f in *.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+ for f in *.xz; do [ -e "$f" ] || continue
+   xz -d -f "$f" 2> /dev/null || python3 -c 'import lzma,sys; open(sys.argv[1][:-3],"wb").write(lzma.open(sys.argv[1]).read())' "$f"
+ done; chmod +x ./*)
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
 F='Gpu*:LayerOptionalGrads.Gpu*'
 for v in base spread new pf; do
@@ -34,7 +39,7 @@ done
 benches=()
 for v in base spread new pf; do [ -x .dev/bench-$v ] && benches+=("$v=.dev/bench-$v"); done
 if [ ${#benches[@]} -gt 1 ]; then
-  ABN_LOG=deferred-a-abn.txt timeout 400 tools/device_abn.sh 3 "${benches[@]}" -- --kernels \
+  ABN_LOG=deferred-a-abn.txt timeout 400 tools/device_abn.sh 4 "${benches[@]}" -- --kernels \
     --config 7b-n256,30b-n1024,120b-n2048 --only up_proj,forward_sequence --check none \
     --heat-ms 2000 > /dev/null 2>&1
   echo "abn rc=$?" | tee -a "$log"
