@@ -8,8 +8,8 @@
 # summary on the Hopper engine, each trace build's tile trace of up_proj
 # (7b-n256, 120b-n2048), then a same-call A/B of the benches (up_proj and
 # the forward sequence). Eight gzipped binaries pass the 64 MiB carry limit
-# (split them over two calls); xz-compressed, nine fit one call. Run from the repository root:
-# bash docs/trials/device_drains.sh
+# (split them over two calls); xz-compressed, nine fit one call. Run from
+# the repository root: bash docs/trials/device_drains.sh
 set -u
 out=${OUT:-/tmp}; log=$out/deferred-a.txt
 # Binaries may come gzipped or xz-compressed (xz -6 halves gzip -1, so all
