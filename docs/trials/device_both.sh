@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call for both trials when leases are scarce, most important
-# first: the fused aggregation's GPU tests and A/B (docs/trials/device_agg.sh
-# has the full run), then the ALU-rounded H packs' up_proj A/B
-# (docs/trials/device_alu_packs.sh), the pipe micro-benchmark, and the rest.
+# The device run of fused-aggregation.patch and alu-bf16-packs.patch, most
+# important first, so that a call cut short keeps what matters: the fused
+# aggregation's GPU tests and A/B, the ALU-rounded H packs' up_proj A/B,
+# the pipe micro-benchmark, then the rest (solo tests, memcheck).
 # Binaries in .dev/ (plain or .xz): bench-base, bench-agg, tests-agg,
 # bench-int2, bench-int4, tests-int2, pipe_bench.
 set -u
