@@ -4,8 +4,9 @@
 # lower, docs/NOTES.md), heated (the bench's default 2000 ms), ROUNDS rounds
 # (dsv3-685b once); then the 7b-n256 up_proj and dH kernels heated and
 # unheated (BENCHMARK.md's protocol), twice. One line per process in
-# $OUT/percfg.txt. BIN may arrive as BIN.xz.
-# Usage: tools/device_percfg.sh [BIN (.dev/sonicmoe-bench)] [ROUNDS (3)]
+# $OUT/percfg.txt. BIN may arrive as BIN.xz. HEAT_MS (2000) sets the layer
+# processes' heat: 0 times them as BENCHMARK.md's protocol reads.
+# Usage: [HEAT_MS=0] tools/device_percfg.sh [BIN (.dev/sonicmoe-bench)] [ROUNDS (3)]
 set -u
 bin=${1:-.dev/sonicmoe-bench}
 rounds=${2:-3}
@@ -14,10 +15,11 @@ out=${OUT:-/tmp}; log=$out/percfg.txt
 chmod +x "$bin"
 export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
+echo "layer heat: ${HEAT_MS:-2000} ms" | tee -a "$log"
 configs=()
 for i in $(seq 1 "$rounds"); do configs+=(7b-n256 30b-n1024 120b-n2048); done
 for c in "${configs[@]}" dsv3-685b; do
-  timeout 120 "$bin" --config "$c" --check none > /dev/null 2> /tmp/percfg-err.txt
+  timeout 120 "$bin" --config "$c" --check none --heat-ms "${HEAT_MS:-2000}" > /dev/null 2> /tmp/percfg-err.txt
   echo "rc=$? $(grep -E "^$c +[0-9]" /tmp/percfg-err.txt)" | tee -a "$log"
 done
 for h in 2000 0 2000 0; do
