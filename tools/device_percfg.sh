@@ -4,14 +4,14 @@
 # lower, docs/NOTES.md), heated (the bench's default 2000 ms), ROUNDS rounds
 # (dsv3-685b once); then the 7b-n256 up_proj and dH kernels heated and
 # unheated (BENCHMARK.md's protocol), twice. One line per process in
-# $OUT/percfg.txt. BIN may arrive as BIN.xz. HEAT_MS (2000) sets the layer
+# $OUT/percfg.txt. BIN may arrive as BIN.xz or BIN.gz. HEAT_MS (2000) sets the layer
 # processes' heat: 0 times them as BENCHMARK.md's protocol reads.
 # Usage: [HEAT_MS=0] tools/device_percfg.sh [BIN (.dev/sonicmoe-bench)] [ROUNDS (3)]
 set -u
 bin=${1:-.dev/sonicmoe-bench}
 rounds=${2:-3}
 out=${OUT:-/tmp}; log=$out/percfg.txt
-[ -f "$bin.xz" ] && [ ! -f "$bin" ] && xz -d "$bin.xz"
+[ -f "$bin" ] || bash tools/dev_unpack.sh "$(dirname "$bin")"
 chmod +x "$bin"
 export SONICMOE_ENGINE=${SONICMOE_ENGINE:-hopper}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"

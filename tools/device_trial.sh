@@ -16,7 +16,7 @@ out=${OUT:-/tmp}
 log=$out/trial.txt
 tests=.dev/sonicmoe_tests
 limit=${TRIAL_TIMEOUT:-90}
-for f in .dev/*.gz; do [ -f "$f" ] && gunzip -f "$f"; done
+bash tools/dev_unpack.sh
 gate() {  # name, then the command; fails the trial unless it passes
   local name=$1
   shift

@@ -8,9 +8,7 @@
 set -u
 out=${OUT:-/tmp}
 log=$out/both.txt
-(cd .dev && for f in *.xz; do [ -e "$f" ] || continue
-   xz -d -f "$f" 2> /dev/null || python3 -c 'import lzma,sys; open(sys.argv[1][:-3],"wb").write(lzma.open(sys.argv[1]).read())' "$f"
- done; chmod +x ./*)
+bash tools/dev_unpack.sh
 printf '#!/usr/bin/env bash\nSONICMOE_FUSED_AGGREGATION=1 exec .dev/bench-agg "$@"\n' > .dev/agg-forced.sh
 chmod +x .dev/agg-forced.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"

@@ -14,10 +14,7 @@ set -u
 out=${OUT:-/tmp}; log=$out/deferred-a.txt
 # Binaries may come gzipped or xz-compressed (xz -6 halves gzip -1, so all
 # nine fit one 64 MiB carry).
-(cd .dev && for f in *.gz; do [ -e "$f" ] && gunzip -f "$f"; done
- for f in *.xz; do [ -e "$f" ] || continue
-   xz -d -f "$f" 2> /dev/null || python3 -c 'import lzma,sys; open(sys.argv[1][:-3],"wb").write(lzma.open(sys.argv[1]).read())' "$f"
- done; chmod +x ./*)
+bash tools/dev_unpack.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee -a "$log"
 F='Gpu*:LayerOptionalGrads.Gpu*'
 for v in base spread new pf; do

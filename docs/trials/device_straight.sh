@@ -7,9 +7,7 @@
 set -u
 out=${OUT:-/tmp}
 log=$out/straight.txt
-(cd .dev && for f in *.xz; do [ -e "$f" ] || continue
-   xz -d -f "$f" 2> /dev/null || python3 -c 'import lzma,sys; open(sys.argv[1][:-3],"wb").write(lzma.open(sys.argv[1]).read())' "$f"
- done; chmod +x ./*)
+bash tools/dev_unpack.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$log"
 ABN_LOG=abn-k.txt timeout 150 bash tools/device_abn.sh 2 base=.dev/bench-base straight=.dev/bench-straight \
   -- --kernels --config 7b-n256,120b-n2048 --only up_proj,forward_sequence | tail -6
